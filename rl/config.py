@@ -1,0 +1,252 @@
+"""One config tree for the whole pipeline: pydantic models, loaded from YAML + dotlist overrides.
+
+`load_config("conf/default.yaml", ["grpo.group_size=8"])` merges the YAML and the overrides with
+omegaconf, then validates with pydantic. Unknown keys and wrong types fail here, before anything
+starts, with the full key path (`grpo.no_such_key`) and what was expected. Resource and
+divisibility assumptions are checked here too, not mid-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rewards import RewardConfig
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names every offending key path."""
+
+
+class Section(BaseModel):
+    # extra="forbid" turns a typo in a key into an error naming it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """Sizes of the offline random Qwen3-VL (`rl.tiny`); ~4.6 M parameters learn the synthetic task."""
+
+    seed: int = 0
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64  # vLLM's CPU attention kernels reject head_dim 16; 64 works
+    intermediate_size: int = 768
+    vision_depth: int = 2
+    vision_hidden_size: int = 128
+    vision_num_heads: int = 2
+    vision_intermediate_size: int = 384
+
+
+class ModelConfig(Section):
+    path: str = "checkpoints/tiny-qwen3vl"  # HF checkpoint directory (or a hub id where reachable)
+    tiny: TinyModelConfig | None = Field(default_factory=TinyModelConfig)  # build `path` if absent
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on accelerators, fp32 on CPU
+    # One processor setting for rollout and learner, so image features always match image tokens.
+    min_pixels: int = Field(default=128 * 128, gt=0)
+    max_pixels: int = Field(default=128 * 128, gt=0)
+    max_model_len: int = Field(default=512, gt=0)
+
+    @model_validator(mode="after")
+    def _pixels(self) -> ModelConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) > max_pixels ({self.max_pixels})")
+        return self
+
+
+class SyntheticDataConfig(Section):
+    num_train: int = Field(default=2000, ge=0)
+    num_val: int = Field(default=64, ge=0)
+    num_test: int = Field(default=64, ge=0)
+    image_size: int = Field(default=128, ge=32)
+    max_objects: int = Field(default=3, ge=0)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    path: str = "data/synthetic"  # folder holding {train,val,test}.jsonl
+    synthetic: SyntheticDataConfig | None = Field(default_factory=SyntheticDataConfig)  # generate if absent
+    split: Literal["train", "val", "test"] = "train"
+    coord_frame: int = Field(default=1000, gt=0)  # boxes are in [0, coord_frame] (Qwen3-VL: 0-1000)
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+class RolloutConfig(Section):
+    num_workers: int = Field(default=1, ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = -1  # -1: off
+    max_tokens: int = Field(default=64, gt=0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int = 0
+    kv_cache_memory_mb: int = Field(default=256, gt=0)  # CPU engines: explicit KV cache size
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)  # accelerator engines
+    enforce_eager: bool = True
+    prompt_overflow: Literal["truncate", "reject"] = "reject"
+
+
+class GRPOConfig(Section):
+    num_steps: int = Field(default=20, ge=0)
+    prompts_per_step: int = Field(default=8, ge=1)
+    group_size: int = Field(default=8, ge=2)  # G samples per prompt; advantages need >= 2
+    clip_low: float = Field(default=0.2, ge=0)
+    clip_high: float = Field(default=0.28, ge=0)  # DAPO clip-higher
+    dual_clip: float | None = Field(default=None, gt=1)
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    adv_std: Literal["group", "batch", "none"] = "group"  # none: Dr. GRPO
+    kl_coef: float = Field(default=0.0, ge=0)  # 0: no reference model is loaded at all
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    tis_cap: float | None = Field(default=2.0, gt=0)  # truncated importance sampling cap; None: off
+    dynamic_sampling: bool = True
+    max_refill_rounds: int = Field(default=2, ge=0)
+    off_policy_lag: Literal[0, 1] = 0
+
+
+class LearnerConfig(Section):
+    num_learners: int = Field(default=1, ge=1)
+    zero_stage: Literal[2, 3] = 3
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    micro_batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-5, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    gradient_checkpointing: bool = False
+
+
+class WeightSyncConfig(Section):
+    bucket_mb: int = Field(default=256, gt=0)
+    transport: Literal["auto", "collective", "shared_memory"] = "auto"
+    timeout_s: float = Field(default=120, gt=0)
+
+
+class ClusterConfig(Section):
+    address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else start a local Ray
+    platform: Literal["auto", "cuda", "rocm", "cpu"] = "auto"
+    host: str = "127.0.0.1"  # services bind to loopback unless configured otherwise
+    num_cpus: int | None = None  # local Ray only
+    reward_workers: int = Field(default=1, ge=1)
+    call_timeout_s: float = Field(default=600, gt=0)  # every remote call; names actor and phase on expiry
+
+
+class LoggingConfig(Section):
+    dir: str = "runs/default"
+    log_every: int = Field(default=1, ge=1)
+    image_every: int = Field(default=10, ge=0)  # 0: no prediction image grids
+
+
+class CheckpointConfig(Section):
+    dir: str = "checkpoints/run"
+    every: int = Field(default=10, ge=0)  # 0: only at the end
+    keep_last: int = Field(default=2, ge=1)
+    resume: str = "auto"  # auto | never | path to a checkpoint
+
+
+class Config(Section):
+    # Stages run in order by rl.launch; "preview" samples a few grounded answers with vLLM.
+    pipeline: list[Literal["preview"]] = Field(default_factory=lambda: ["preview"])
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: RewardConfig = Field(default_factory=RewardConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _rewards(cls, value: Any) -> RewardConfig:
+        # RewardConfig is a plain dataclass (rewards/ stays free of pydantic); it checks its own keys.
+        if isinstance(value, RewardConfig):
+            return value
+        known = {f.name for f in dataclasses.fields(RewardConfig)}
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            raise ValueError(f"rewards.{unknown[0]}: unknown key (expected one of: {', '.join(sorted(known))})")
+        return RewardConfig.from_dict(dict(value))
+
+    @model_validator(mode="after")
+    def _arithmetic(self) -> Config:
+        # e.g. 8 prompts x 8 samples = 64 sequences per step, split over L learners in micro-batches.
+        sequences = self.grpo.prompts_per_step * self.grpo.group_size
+        per_step = self.learner.num_learners * self.learner.micro_batch_size
+        if sequences % per_step:
+            raise ValueError(
+                f"grpo.prompts_per_step x grpo.group_size = {sequences} sequences per step is not divisible "
+                f"by learner.num_learners x learner.micro_batch_size = {per_step}"
+            )
+        if self.grpo.clip_high < self.grpo.clip_low:
+            raise ValueError(f"grpo.clip_high ({self.grpo.clip_high}) < grpo.clip_low ({self.grpo.clip_low})")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"rewards"})
+        data["rewards"] = dataclasses.asdict(self.rewards)
+        return data
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(OmegaConf.create(self.to_dict()))
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            section = _section_at(e["loc"][:-1])
+            known = ", ".join(section.model_fields) if section else "?"
+            lines.append(f"{path}: unknown key (expected one of: {known})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if path == "<root>" or msg.startswith(f"{path}.") or isinstance(e.get("input"), dict):
+                lines.append(msg)  # the message already names the key (or the input is a whole section)
+            else:
+                lines.append(f"{path}: {msg} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """YAML (default conf/default.yaml) + omegaconf dotlist overrides -> validated `Config`."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+        raw = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None

@@ -1,0 +1,367 @@
+"""Grounding data: a seeded synthetic generator and the JSONL loader that also reads user datasets.
+
+A row is one JSON object per line: {"image": path, "prompt": str, "answer": str}. Relative image paths
+are resolved against the JSONL file's folder. Answers name boxes in a relative frame (Qwen3-VL: 0-1000):
+"Nodule <box>[[x1, y1, x2, y2], ...]</box> Mass <box>[[...]]</box>", or "No findings." for none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from rl.config import DataConfig
+
+CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Fracture", "Lesion")
+NO_FINDINGS = "No findings."
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+BACKGROUND: tuple[int, int, int] = (32, 32, 32)
+# Each class gets its own colour and shape, so a tiny model can tell them apart from 16 image tokens.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 60, 60), (60, 110, 235), (70, 200, 90), (235, 205, 50),
+    (200, 80, 220), (60, 210, 215), (245, 140, 40), (235, 235, 235),
+)
+SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "cross", "diamond")
+GENERATOR_VERSION = 1  # bump when the drawing changes, so cached datasets are regenerated
+MANIFEST = "manifest.json"
+_MIN_SIDE, _MAX_SIDE = 0.12, 0.40  # object size as a fraction of the image side
+_MAX_IOU, _MIN_VISIBLE = 0.3, 0.6  # overlap allowed between objects; share of each one left visible
+
+
+def make_prompt(frame: int = 1000) -> str:
+    return (f"Find every finding in the image. Answer as: Label <box>[[x1, y1, x2, y2]]</box>, "
+            f"coordinates 0-{frame}.")
+
+
+DEFAULT_PROMPT = make_prompt(1000)
+
+
+class DatasetError(ValueError):
+    """A bad dataset row or image; the message starts with "file:line: " (or "file: " for images)."""
+
+
+@dataclass(frozen=True)
+class GroundingRow:
+    image: Path
+    prompt: str
+    answer: str
+    source: Path  # the JSONL file and 1-based line this row came from, for error messages
+    line: int
+
+
+@dataclass(frozen=True)
+class LoadedSplit:
+    rows: list[GroundingRow]
+    skipped: list[str] = field(default_factory=list)  # "file:line: reason" for each skipped row
+
+
+# ---------------------------------------------------------------- answer text
+
+def format_answer(objects: Sequence[tuple[str, Sequence[float]]], frame: int) -> str:
+    """Boxes (already in the 0..frame frame) as answer text, grouped by label in first-appearance order."""
+    groups: dict[str, list[str]] = {}
+    for label, box in objects:
+        coords = [int(np.floor(float(v) + 0.5)) for v in box]
+        if reason := _box_problem(coords, frame):
+            raise ValueError(f"{label}: {reason}")
+        groups.setdefault(label, []).append("[" + ", ".join(map(str, coords)) + "]")
+    if not groups:
+        return NO_FINDINGS
+    return " ".join(f"{label} <box>[{', '.join(boxes)}]</box>" for label, boxes in groups.items())
+
+
+_GROUP = re.compile(r"\s*([^<>\[\]]+?)\s*<box>(.*?)</box>", re.S)
+_BOX_LIST = re.compile(r"\s*\[\s*\[[^\[\]]*\](?:\s*,\s*\[[^\[\]]*\])*\s*\]\s*")
+_BOX = re.compile(r"\[([^\[\]]*)\]")
+# Plain decimal numbers only: float() alone would also accept "nan", "inf" and "1_000".
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def parse_reference_boxes(answer: str) -> list[tuple[str, list[list[float]]]]:
+    """Strict parse of a reference answer; raises ValueError on anything but the exact grammar."""
+    if answer.strip() == NO_FINDINGS:
+        return []
+    groups: list[tuple[str, list[list[float]]]] = []
+    pos = 0
+    while answer[pos:].strip():
+        m = _GROUP.match(answer, pos)
+        if m is None:
+            raise ValueError(f"unparseable answer at {answer[pos:pos + 40]!r}")
+        if not _BOX_LIST.fullmatch(m.group(2)):
+            raise ValueError(f"bad box list {m.group(2)!r} for {m.group(1)!r}")
+        boxes = []
+        for inner in _BOX.findall(m.group(2)):
+            items = [s.strip() for s in inner.split(",")]
+            if not all(_NUMBER.fullmatch(s) for s in items):
+                raise ValueError(f"non-numeric box [{inner}] for {m.group(1)!r}")
+            boxes.append([float(s) for s in items])
+        groups.append((m.group(1), boxes))
+        pos = m.end()
+    if not groups:
+        raise ValueError("empty answer")
+    return groups
+
+
+def _box_problem(box: Sequence[float], frame: int) -> str | None:
+    shown = "[" + ", ".join(f"{v:g}" for v in box) + "]"  # 1001, not 1001.0, as the user wrote it
+    if len(box) != 4:
+        return f"box {shown} has {len(box)} numbers, need 4"
+    x1, y1, x2, y2 = box
+    if min(box) < 0 or max(box) > frame:
+        return f"box {shown} outside 0..{frame}"
+    if x2 <= x1:
+        return f"box {shown} has x2 <= x1"
+    if y2 <= y1:
+        return f"box {shown} has y2 <= y1"
+    return None
+
+
+# ---------------------------------------------------------------- loading
+
+def load_image(path: Path) -> Image.Image:
+    """The image as RGB; DatasetError naming the path if it is missing or unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image not found") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{path}: unreadable image ({e})") from e
+
+
+def _image_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return f"image not found: {path}"
+    try:
+        with Image.open(path) as im:
+            im.verify()  # checks structure and checksums without decoding every pixel
+    except Exception as e:  # Pillow raises many types for broken files; all mean "unreadable"
+        return f"unreadable image {path}: {type(e).__name__}: {e}"
+    return None
+
+
+def _parse_row(text: str, folder: Path, frame: int, check_images: bool) -> GroundingRow | str:
+    """The row, or the reason it is bad (source and line are filled in by the caller)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"invalid JSON ({e})"
+    if not isinstance(obj, dict):
+        return "row is not a JSON object"
+    for key in ("image", "prompt", "answer"):
+        if key not in obj:
+            return f"missing key {key!r}"
+        if not isinstance(obj[key], str):
+            return f"key {key!r} must be a string, got {type(obj[key]).__name__}"
+    if not obj["image"]:
+        return "key 'image' is empty"
+    try:
+        groups = parse_reference_boxes(obj["answer"])
+    except ValueError as e:
+        return f"bad answer: {e}"
+    for label, boxes in groups:
+        for box in boxes:
+            if reason := _box_problem(box, frame):
+                return f"{reason} (label {label!r})"
+    image = folder / obj["image"]  # an absolute "image" replaces folder
+    if check_images and (reason := _image_problem(image)):
+        return reason
+    return GroundingRow(image=image, prompt=obj["prompt"], answer=obj["answer"], source=Path(), line=0)
+
+
+def load_split(path: Path, *, frame: int = 1000, on_error: Literal["raise", "skip"] = "raise",
+               check_images: bool = True) -> LoadedSplit:
+    """Read and validate a JSONL split. Bad rows raise DatasetError, or with on_error="skip" are counted."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    path = Path(path)
+    rows: list[GroundingRow] = []
+    skipped: list[str] = []
+    with path.open(encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark from Windows editors
+        for number, text in enumerate(f, start=1):
+            if not text.strip():
+                continue  # blank lines (e.g. a trailing newline) are not rows
+            result = _parse_row(text, path.parent, frame, check_images)
+            if isinstance(result, GroundingRow):
+                rows.append(GroundingRow(result.image, result.prompt, result.answer, path, number))
+            elif on_error == "raise":
+                raise DatasetError(f"{path}:{number}: {result}")
+            else:
+                skipped.append(f"{path}:{number}: {result}")
+    return LoadedSplit(rows=rows, skipped=skipped)
+
+
+# ---------------------------------------------------------------- synthetic generation
+
+def palette(classes: Sequence[str] = CLASSES) -> dict[str, tuple[int, int, int]]:
+    """Label -> RGB colour used by the generator (distinct per class, never the background)."""
+    if not 0 < len(classes) <= len(PALETTE) or len(set(classes)) != len(classes):
+        raise ValueError(f"need 1..{len(PALETTE)} distinct classes, got {list(classes)}")
+    return {label: PALETTE[i] for i, label in enumerate(classes)}
+
+
+def _shape_mask(shape: str, h: int, w: int) -> np.ndarray:
+    # Pixel centres in [-1, 1]; exact boolean masks, no antialiasing, so pixel checks are exact.
+    dy = np.abs((np.arange(h) + 0.5) / h * 2 - 1)[:, None]
+    dx = np.abs((np.arange(w) + 0.5) / w * 2 - 1)[None, :]
+    if shape == "ellipse":
+        return dx**2 + dy**2 <= 1
+    if shape == "rectangle":
+        return np.ones((h, w), dtype=bool)
+    if shape == "cross":
+        return (dx <= 0.3) | (dy <= 0.3)
+    return dx + dy <= 1  # diamond
+
+
+def _iou(a: Sequence[int], b: Sequence[int]) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _place_objects(rng: np.random.Generator, size: int, max_objects: int, n_classes: int,
+                   ) -> tuple[np.ndarray, list[int]]:
+    """Object-id map (-1 = background) and each object's class; later objects are drawn on top."""
+    ids = np.full((size, size), -1, dtype=np.int16)
+    placed: list[tuple[int, ...]] = []  # (x0, y0, x1, y1) placement boxes, pixel edges
+    kinds: list[int] = []
+    lo, hi = max(3, round(_MIN_SIDE * size)), max(3, round(_MAX_SIDE * size))
+    for _ in range(int(rng.integers(0, max_objects + 1))):
+        for _attempt in range(20):  # crowded images may end up with fewer objects than drawn
+            kind = int(rng.integers(n_classes))
+            w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+            x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+            box = (x0, y0, x0 + w, y0 + h)
+            if any(_iou(box, other) > _MAX_IOU for other in placed):
+                continue
+            trial = ids.copy()
+            trial[y0:y0 + h, x0:x0 + w][_shape_mask(SHAPES[kind % len(SHAPES)], h, w)] = len(kinds)
+            # Reject a placement that would hide most of an earlier object (IoU alone misses containment).
+            if all((trial == i).sum() >= _MIN_VISIBLE * (ids == i).sum() for i in range(len(kinds))):
+                ids, placed, kinds = trial, [*placed, box], [*kinds, kind]
+                break
+    return ids, kinds
+
+
+def _to_frame(px: int, size: int, frame: int) -> int:
+    return (2 * px * frame + size) // (2 * size)  # round(px / size * frame), halves up, exact integers
+
+
+def synthetic_example(rng: np.random.Generator, *, image_size: int, max_objects: int,
+                      classes: Sequence[str], frame: int) -> tuple[np.ndarray, str]:
+    """One image (H, W, 3 uint8) and its answer; boxes are the visible pixels' bounding boxes."""
+    colours = palette(classes)
+    ids, kinds = _place_objects(rng, image_size, max_objects, len(classes))
+    pixels = np.empty((image_size, image_size, 3), dtype=np.uint8)
+    pixels[:] = BACKGROUND
+    objects = []
+    for i, kind in enumerate(kinds):
+        ys, xs = np.nonzero(ids == i)
+        pixels[ys, xs] = colours[classes[kind]]
+        box = [_to_frame(int(v), image_size, frame) for v in (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)]
+        objects.append((kind, box[1], box[0], classes[kind], box))
+    # Canonical order (class, then top-to-bottom, left-to-right) so the target text is predictable.
+    objects.sort(key=lambda o: o[:3])
+    return pixels, format_answer([(label, box) for *_, label, box in objects], frame)
+
+
+def generate_synthetic(out_dir: Path, *, num_train: int, num_val: int, num_test: int, image_size: int = 128,
+                       max_objects: int = 3, classes: Sequence[str] = CLASSES, frame: int = 1000,
+                       seed: int = 0) -> dict[str, Path]:
+    """Write {split}.jsonl + images/{split}/{i:06d}.png; a no-op if out_dir already holds this dataset."""
+    out_dir = Path(out_dir)
+    palette(classes)  # validate classes before any work
+    if not 16 <= image_size <= frame or max_objects < 0 or min(num_train, num_val, num_test) < 0:
+        # frame >= image_size keeps every 1-pixel-wide object at least one frame unit wide.
+        raise ValueError(f"need 16 <= image_size <= frame, max_objects >= 0 and counts >= 0; got "
+                         f"image_size={image_size}, frame={frame}, max_objects={max_objects}")
+    counts = {"train": num_train, "val": num_val, "test": num_test}
+    params = {"generator_version": GENERATOR_VERSION, "counts": counts, "image_size": image_size,
+              "max_objects": max_objects, "classes": list(classes), "frame": frame, "seed": seed}
+    paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
+    if _manifest(out_dir) == params:
+        return paths
+    if out_dir.exists() and any(out_dir.iterdir()) and _manifest(out_dir) is None:
+        raise FileExistsError(f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        for split_index, split in enumerate(SPLITS):
+            _write_split(tmp, split, split_index, counts[split], params)
+        # The manifest goes in last, and the folder appears only by rename: a crash leaves no half dataset.
+        (tmp / MANIFEST).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
+        _publish(tmp, out_dir, params)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def _write_split(root: Path, split: str, split_index: int, count: int, params: dict) -> None:
+    image_dir = root / "images" / split
+    image_dir.mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        # One generator per image: an image does not change when split sizes change.
+        rng = np.random.default_rng([params["seed"], split_index, i])
+        pixels, answer = synthetic_example(rng, image_size=params["image_size"], classes=params["classes"],
+                                           max_objects=params["max_objects"], frame=params["frame"])
+        rel = f"images/{split}/{i:06d}.png"
+        Image.fromarray(pixels).save(root / rel, format="PNG")
+        lines.append(json.dumps({"image": rel, "prompt": make_prompt(params["frame"]), "answer": answer}))
+    (root / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _manifest(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _publish(tmp: Path, out_dir: Path, params: dict) -> None:
+    """Rename tmp to out_dir, replacing an older generated dataset; tolerate a concurrent writer."""
+    if _manifest(out_dir) == params:
+        return  # a concurrent writer already published the same dataset
+    old = None
+    if out_dir.exists():  # empty, or one of ours with other parameters: move it aside first
+        old = out_dir.parent / f"{tmp.name}.old"
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if _manifest(out_dir) != params:  # another process won the race with the same dataset: fine
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- wiring to the config and the model
+
+def chat_messages(prompt: str) -> list[dict]:
+    """The one chat layout for rollout, SFT and evaluation: a user turn holding the image, then the text."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+def ensure_dataset(data: DataConfig) -> Path:
+    """The dataset folder `data.path`, generated first when `data.synthetic` is configured."""
+    root = Path(data.path)
+    if data.synthetic is not None:
+        s = data.synthetic
+        generate_synthetic(root, num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
+                           image_size=s.image_size, max_objects=s.max_objects, frame=data.coord_frame,
+                           seed=s.seed)
+    split = root / f"{data.split}.jsonl"
+    if not split.is_file():
+        raise DatasetError(f"{split}: dataset split not found (data.path={data.path}, data.split={data.split})")
+    return root

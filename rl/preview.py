@@ -1,0 +1,35 @@
+"""The `preview` stage: sample grounded answers for a few held-out images with vLLM and print them
+next to the reference and their reward, so a run ends by showing what the model now does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.rollout import build_engine, engine_inputs, sampling_params
+from rewards import score
+from rl.config import Config
+from rl.data import load_split
+from rl.platform import apply_env, get_platform
+
+PREVIEW_ROWS = 4
+
+
+def run_preview(cfg: Config, split: str = "val", num_rows: int = PREVIEW_ROWS) -> list[dict]:
+    """Greedy answers for the first `num_rows` rows of `split`; returns one record per row."""
+    platform = get_platform(cfg.cluster.platform)
+    apply_env(platform)
+    rows = load_split(Path(cfg.data.path) / f"{split}.jsonl", frame=cfg.data.coord_frame,
+                      on_error=cfg.data.on_error).rows[:num_rows]
+    engine = build_engine(cfg.model, cfg.rollout, platform)
+    outputs = engine.generate(engine_inputs(rows, engine.get_tokenizer()),
+                              sampling_params(cfg.rollout, n=1, greedy=True), use_tqdm=False)
+    records = []
+    print(f"\n=== {len(rows)} {split} images, greedy answers from {cfg.model.path} (vLLM) ===")
+    for row, out in zip(rows, outputs, strict=True):
+        answer = out.outputs[0].text
+        reward = score(answer, row.answer, cfg.rewards)
+        records.append({"image": str(row.image), "answer": answer, "reference": row.answer, **reward})
+        print(f"image     {row.image.name}\nreference {row.answer}\nmodel     {answer!r}\n"
+              f"reward    total {reward['total']:.3f}  label {reward['label_accuracy']:.2f}  "
+              f"giou {reward['giou']:.2f}  tags {reward['tag_count']:.2f}\n")
+    return records

@@ -1,0 +1,185 @@
+"""A tiny random-weight Qwen3-VL, built offline: model, tokenizer, processors, chat template.
+
+No model can be downloaded here, so tests and the demo build their own checkpoint. It is a real
+`Qwen3VLForConditionalGeneration` saved with `save_pretrained` (safetensors) that transformers and
+vLLM load as-is, deterministic from a seed. Its byte-level BPE tokenizer is trained on the spot on
+grounding text with digits split into single tokens, so coordinates cost 3-4 tokens each and the
+vocabulary stays small (a few hundred tokens): that is what lets the model learn in minutes.
+
+    python -m rl.tiny --out checkpoints/tiny-qwen3vl [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from rl.config import ModelConfig, TinyModelConfig
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+]
+MARKER = "tiny_build.json"  # written last: its presence means the checkpoint is complete
+
+# Qwen-style chat template, reduced to what grounding needs: text and image parts per message.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _corpus() -> list[str]:
+    from rl.data import CLASSES, DEFAULT_PROMPT
+
+    text = [DEFAULT_PROMPT, "No findings.", "<box>[[0, 1, 2, 3], [4, 5, 6, 7]]</box>", "<answer></answer>"]
+    text += [f"{c} {c.lower()} {c.upper()} <box>[[8, 9, 10, 11]]</box>" for c in CLASSES]
+    text += ["user assistant system the a an and of in on with image find every label"]
+    # Repeat so the merges that matter (labels, tags, ", ") win over one-off byte pairs.
+    return text * 50
+
+
+def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:], chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_processor(tokenizer, min_pixels: int, max_pixels: int):  # -> Qwen3VLProcessor
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    # patch 16 x merge 2: a 128x128 image is 8x8 patches -> 16 image tokens after merging.
+    pixels = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    image = Qwen2VLImageProcessor(
+        size=pixels, patch_size=16, merge_size=2, temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    video = Qwen3VLVideoProcessor(size=pixels, patch_size=16, merge_size=2, temporal_patch_size=2)
+    return Qwen3VLProcessor(
+        image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=CHAT_TEMPLATE
+    )
+
+
+def build_model_config(cfg: TinyModelConfig, tokenizer):  # -> Qwen3VLConfig
+    from transformers import Qwen3VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab = -(-len(tokenizer) // 64) * 64  # round up: embedding rows in multiples of 64
+    half = cfg.head_dim // 2
+    text = dict(
+        vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, max_position_embeddings=4096,
+        # M-RoPE splits the rotary half-dim over (time, height, width), as Qwen3-VL's [24, 20, 20].
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+                         "mrope_section": [half // 2, half // 4, half // 4]},
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(
+        depth=cfg.vision_depth, hidden_size=cfg.vision_hidden_size, num_heads=cfg.vision_num_heads,
+        intermediate_size=cfg.vision_intermediate_size, patch_size=16, spatial_merge_size=2,
+        temporal_patch_size=2, out_hidden_size=cfg.hidden_size, num_position_embeddings=256,
+        deepstack_visual_indexes=[0],
+    )
+    config = Qwen3VLConfig(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
+    )
+    config.eos_token_id = ids["<|im_end|>"]
+    config.pad_token_id = ids["<|endoftext|>"]
+    return config
+
+
+def _fingerprint(cfg: TinyModelConfig, min_pixels: int, max_pixels: int) -> str:
+    payload = json.dumps([cfg.model_dump(), min_pixels, max_pixels, CHAT_TEMPLATE, _corpus()[:20]])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_tiny_model(out: str | Path, cfg: TinyModelConfig | None = None, *,
+                     min_pixels: int = 128 * 128, max_pixels: int = 128 * 128) -> Path:
+    """Build the checkpoint at `out` (skipped when a complete build of the same spec is there).
+
+    Written to a temporary sibling directory and renamed, so a crash never leaves half a model."""
+    import torch
+    from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
+
+    cfg = cfg or TinyModelConfig()
+    out = Path(out)
+    fingerprint = _fingerprint(cfg, min_pixels, max_pixels)
+    marker = out / MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tokenizer = build_tokenizer()
+        processor = build_processor(tokenizer, min_pixels, max_pixels)
+        config = build_model_config(cfg, tokenizer)
+        torch.manual_seed(cfg.seed)
+        model = Qwen3VLForConditionalGeneration(config).to(torch.float32)
+        model.generation_config = GenerationConfig(
+            eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False
+        )
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        params = sum(p.numel() for p in model.parameters())
+        (tmp / MARKER).write_text(json.dumps({"fingerprint": fingerprint, "parameters": params}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def ensure_model(model: ModelConfig) -> Path | str:
+    """The checkpoint `model.path` names, built first when absent and `model.tiny` is configured.
+
+    A path that does not exist locally and has no `tiny` section is passed on as-is (a hub id on a
+    cluster that can reach one); loading then fails with the loader's own message."""
+    path = Path(model.path)
+    if (path / "config.json").is_file() and (model.tiny is None or (path / MARKER).is_file()):
+        return path
+    if model.tiny is None:
+        return model.path
+    return build_tiny_model(path, model.tiny, min_pixels=model.min_pixels, max_pixels=model.max_pixels)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rl.tiny", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="checkpoints/tiny-qwen3vl", help="checkpoint directory")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = build_tiny_model(args.out, TinyModelConfig(seed=args.seed))
+    info = json.loads((path / MARKER).read_text())
+    print(f"tiny Qwen3-VL ({info['parameters'] / 1e6:.2f} M parameters) at {path}")
+
+
+if __name__ == "__main__":
+    main()
