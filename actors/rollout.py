@@ -31,7 +31,7 @@ def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, platform: Platform
         enforce_eager=rollout.enforce_eager,
         seed=rollout.seed,
         limit_mm_per_prompt={"image": 1, "video": 0},
-        mm_processor_kwargs={"min_pixels": model.min_pixels, "max_pixels": model.max_pixels},
+        mm_processor_kwargs={"size": model.processor_size()},
         **platform.vllm_memory_kwargs(rollout.kv_cache_memory_mb, rollout.gpu_memory_utilization),
     )
 

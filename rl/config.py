@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -55,6 +56,10 @@ class ModelConfig(Section):
     min_pixels: int = Field(default=128 * 128, gt=0)
     max_pixels: int = Field(default=128 * 128, gt=0)
     max_model_len: int = Field(default=512, gt=0)
+
+    def processor_size(self) -> dict[str, int]:
+        """Image processor resize limits (in pixels), the same for rollout, learner and SFT."""
+        return {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
 
     @model_validator(mode="after")
     def _pixels(self) -> ModelConfig:
@@ -242,7 +247,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         merged = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
         raw = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")

@@ -4,6 +4,7 @@ next to the reference and their reward, so a run ends by showing what the model 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from actors.rollout import build_engine, engine_inputs, sampling_params
 from rewards import score
@@ -11,16 +12,21 @@ from rl.config import Config
 from rl.data import load_split
 from rl.platform import apply_env, get_platform
 
+if TYPE_CHECKING:
+    from vllm import LLM
+
 PREVIEW_ROWS = 4
 
 
-def run_preview(cfg: Config, split: str = "val", num_rows: int = PREVIEW_ROWS) -> list[dict]:
-    """Greedy answers for the first `num_rows` rows of `split`; returns one record per row."""
+def run_preview(cfg: Config, split: str = "val", num_rows: int = PREVIEW_ROWS, engine: LLM | None = None
+                ) -> list[dict]:
+    """Greedy answers for the first `num_rows` rows of `split`; returns one record per row.
+    `engine`: an already running engine on `cfg.model` (tests share one); else one is started."""
     platform = get_platform(cfg.cluster.platform)
     apply_env(platform)
     rows = load_split(Path(cfg.data.path) / f"{split}.jsonl", frame=cfg.data.coord_frame,
                       on_error=cfg.data.on_error).rows[:num_rows]
-    engine = build_engine(cfg.model, cfg.rollout, platform)
+    engine = engine or build_engine(cfg.model, cfg.rollout, platform)
     outputs = engine.generate(engine_inputs(rows, engine.get_tokenizer()),
                               sampling_params(cfg.rollout, n=1, greedy=True), use_tqdm=False)
     records = []

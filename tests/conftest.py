@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny offline Qwen3-VL and synthetic data, built once and cached across runs.
+
+Both builders skip work when a complete build with the same spec is already there, so the cache in
+.cache/tests (git-ignored) makes later sessions start instantly; a changed spec rebuilds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rl.config import Config, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "tests"
+
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Config:
+    """conf/default.yaml pointed at the cached test model and a small synthetic dataset."""
+    return load_config(overrides=[
+        f"model.path={CACHE / 'tiny-qwen3vl'}",
+        f"data.path={CACHE / 'synthetic'}",
+        "data.synthetic.num_train=64", "data.synthetic.num_val=8", "data.synthetic.num_test=8",
+    ])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_config: Config) -> Path:
+    from rl.tiny import ensure_model
+
+    return Path(ensure_model(tiny_config.model))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tiny_config: Config) -> Path:
+    from rl.data import ensure_dataset
+
+    return ensure_dataset(tiny_config.data)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_config: Config, tiny_model_dir: Path):
+    """One vLLM engine on the tiny model for the whole session (start-up costs ~30 s on CPU)."""
+    from actors.rollout import build_engine
+    from rl.platform import apply_env, get_platform
+
+    platform = get_platform("cpu")
+    apply_env(platform)
+    engine = build_engine(tiny_config.model, tiny_config.rollout, platform)
+    yield engine
+    engine.llm_engine.engine_core.shutdown()

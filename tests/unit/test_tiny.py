@@ -1,0 +1,70 @@
+"""The offline tiny Qwen3-VL: deterministic, loadable by transformers, sized for the task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from rl.config import TinyModelConfig
+from rl.data import chat_messages, load_split
+from rl.tiny import MARKER, build_tiny_model, build_tokenizer
+
+# Smaller than the default so building twice stays fast; the default model is built by the fixture.
+SMALL = TinyModelConfig(hidden_size=128, num_layers=1, intermediate_size=256, vision_depth=1)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_build_is_deterministic_from_the_seed(tmp_path):
+    a = build_tiny_model(tmp_path / "a", SMALL)
+    b = build_tiny_model(tmp_path / "b", SMALL)
+    c = build_tiny_model(tmp_path / "c", SMALL.model_copy(update={"seed": 1}))
+    assert _digest(a) == _digest(b) != _digest(c)
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_build_is_cached_and_rebuilt_when_the_spec_changes(tmp_path):
+    out = build_tiny_model(tmp_path / "m", SMALL)
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert build_tiny_model(out, SMALL) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # same spec: not rebuilt
+    build_tiny_model(out, SMALL.model_copy(update={"seed": 2}))
+    assert json.loads((out / MARKER).read_text())["fingerprint"] != ""
+    assert (out / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_tokenizer_has_qwen_specials_and_single_digit_tokens():
+    tok = build_tokenizer()
+    assert len(tok) < 400
+    for special in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"):
+        assert tok.convert_tokens_to_ids(special) < 10  # a real special token, not bytes
+    pieces = tok.tokenize("<box>[[156, 516, 231, 607]]</box>")
+    assert [p for p in pieces if p.isdigit()] == list("156516231607")
+    assert tok.decode(tok.encode("Nodule <box>[[1, 2, 3, 4]]</box>")) == "Nodule <box>[[1, 2, 3, 4]]</box>"
+
+
+def test_default_model_size_and_transformers_generation(tiny_model_dir, synthetic_dir):
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from rl.data import load_image
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    assert model.config.text_config.head_dim == 64  # vLLM CPU attention needs >= 64
+    params = sum(p.numel() for p in model.parameters())
+    assert 3e6 < params < 8e6, params
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    row = load_split(synthetic_dir / "val.jsonl").rows[0]
+    text = processor.apply_chat_template(chat_messages(row.prompt), add_generation_prompt=True)
+    inputs = processor(text=[text], images=[load_image(row.image)], return_tensors="pt")
+    # 128x128 px / 16 px patches = 8x8 patches, merged 2x2 -> 16 image tokens.
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16
+    assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape == (1, inputs["input_ids"].shape[1] + 8)
+    assert torch.isfinite(model(**inputs).logits).all()
