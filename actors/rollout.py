@@ -1,19 +1,28 @@
-"""Rollout side: vLLM engines that sample grounded answers from (image, prompt) rows.
+"""Rollout side: vLLM engines that sample G grounded answers per (image, prompt) row.
 
-`build_engine` is the one place a vLLM engine is configured, so the demo, evaluation and the
-rollout workers sample from identically set-up engines: the same processor pixel limits as the
-learner (a mismatch gives "image features and image tokens do not match"), the platform's dtype
-and KV-cache sizing, and `trust_remote_code` only when configured.
+`build_engine` is the one place a vLLM engine is configured, so the demo, evaluation and the rollout
+workers sample from identically set-up engines: the same processor pixel limits as the learner (a
+mismatch gives "image features and image tokens do not match"), the platform's dtype and KV-cache
+sizing, and `trust_remote_code` only when configured. `RolloutWorker` is the Ray actor that owns one
+engine; `RolloutPool` spreads a step's prompts over R of them.
+
+Log-probs are vLLM's default "raw" log-probs: log-softmax of the model's logits before temperature
+and top-p/top-k, i.e. what the learner computes for the same tokens.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl.config import ModelConfig, RolloutConfig
-from rl.data import GroundingRow, chat_messages, load_image
-from rl.platform import Platform
+from rl.data import DatasetError, GroundingRow, chat_messages, load_image
+from rl.platform import Platform, apply_env, get_platform
 
 if TYPE_CHECKING:
     from vllm import LLM, SamplingParams
@@ -44,26 +53,279 @@ def build_engine(model: ModelConfig, rollout: RolloutConfig, platform: Platform)
     return LLM(**engine_kwargs(model, rollout, platform))
 
 
-def sampling_params(rollout: RolloutConfig, n: int, greedy: bool = False) -> SamplingParams:
-    """n samples per prompt with the configured sampling; greedy (eval mode) ignores temperature."""
+def vision_token_ids(hf_config: Any) -> list[int]:
+    """Placeholder tokens that mark where image features go; an answer must never contain them (in a
+    response they would make the learner's forward pass expect image features that do not exist)."""
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [getattr(hf_config, n) for n in names if getattr(hf_config, n, None) is not None]
+
+
+def sampling_params(rollout: RolloutConfig, n: int, greedy: bool = False, max_tokens: int | None = None,
+                    banned_ids: Sequence[int] = ()) -> SamplingParams:
+    """n samples per prompt with the configured sampling; greedy (eval mode) ignores temperature.
+    `banned_ids` get a -100 logit bias (raw log-probs, which we report, are taken before it)."""
     from vllm import SamplingParams
 
+    common = dict(max_tokens=max_tokens or rollout.max_tokens, stop=rollout.stop or None, logprobs=0,
+                  logit_bias={i: -100.0 for i in banned_ids} or None)
     if greedy:
-        return SamplingParams(n=1, temperature=0.0, max_tokens=rollout.max_tokens, stop=rollout.stop or None)
-    return SamplingParams(
-        n=n, temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
-        max_tokens=rollout.max_tokens, stop=rollout.stop or None, seed=rollout.seed, logprobs=0,
-    )
+        return SamplingParams(n=1, temperature=0.0, **common)
+    return SamplingParams(n=n, temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
+                          seed=rollout.seed, **common)
+
+
+def render_prompt(tokenizer: Any, prompt: str) -> str:
+    """Chat-templated prompt text with the image placeholder (one `<|image_pad|>` before expansion)."""
+    return tokenizer.apply_chat_template(chat_messages(prompt), tokenize=False, add_generation_prompt=True)
 
 
 def engine_inputs(rows: Sequence[GroundingRow], tokenizer: Any) -> list[dict[str, Any]]:
     """vLLM prompt dicts: chat-templated text with the image placeholder, plus the image itself."""
-    return [
-        {
-            "prompt": tokenizer.apply_chat_template(
-                chat_messages(row.prompt), tokenize=False, add_generation_prompt=True
-            ),
-            "multi_modal_data": {"image": load_image(row.image)},
-        }
-        for row in rows
-    ]
+    return [{"prompt": render_prompt(tokenizer, row.prompt), "multi_modal_data": {"image": load_image(row.image)}}
+            for row in rows]
+
+
+@dataclass
+class Sample:
+    """One sampled response."""
+
+    response_ids: list[int]
+    logprobs: list[float]  # sampling log-prob of every response token
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    text: str
+
+
+@dataclass
+class PromptResult:
+    """The G samples of one prompt, or the error that kept it from being sampled."""
+
+    index: int  # position in the list of rows the caller passed
+    prompt_ids: list[int] = field(default_factory=list)  # with the image tokens expanded
+    samples: list[Sample] = field(default_factory=list)
+    policy_version: int = -1
+    error: str | None = None  # e.g. "data/train.jsonl:7: cannot read image ..."
+    error_kind: str | None = None  # "bad_row" (image missing/unreadable) or "overflow" (prompt too long)
+    truncated: bool = False
+
+
+@dataclass
+class WorkerStats:
+    worker: str
+    prompts: int
+    seconds: float
+    response_tokens: int
+    failed: int  # rows whose image could not be loaded
+    rejected: int  # prompts longer than the context, with prompt_overflow=reject
+    truncated: int  # prompts cut to fit, with prompt_overflow=truncate
+
+
+class PromptFitter:
+    """Counts a multimodal prompt's tokens before vLLM sees it and cuts or rejects one that does not
+    fit `max_model_len - max_tokens` (vLLM would fail the whole batch on it)."""
+
+    def __init__(self, tokenizer: Any, model: ModelConfig, hf_config: Any, overflow: str):
+        self.tokenizer, self.model, self.overflow = tokenizer, model, overflow
+        vision = hf_config.vision_config
+        self.patch, self.merge = vision.patch_size, vision.spatial_merge_size
+
+    def image_tokens(self, width: int, height: int) -> int:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        h, w = smart_resize(height, width, factor=self.patch * self.merge,
+                            min_pixels=self.model.min_pixels, max_pixels=self.model.max_pixels)
+        return (h // self.patch) * (w // self.patch) // self.merge**2
+
+    def length(self, prompt: str, image_size: tuple[int, int]) -> int:
+        """Prompt tokens once vLLM expands the single `<|image_pad|>` into the image's tokens."""
+        return len(self.tokenizer.encode(render_prompt(self.tokenizer, prompt))) - 1 + self.image_tokens(*image_size)
+
+    def fit(self, prompt: str, image_size: tuple[int, int], max_tokens: int) -> tuple[str, bool]:
+        """(prompt text to use, whether it was truncated); raises ValueError when it cannot fit.
+        Truncation cuts the end of the user's text, never the template or the image."""
+        budget = self.model.max_model_len - max_tokens
+        length = self.length(prompt, image_size)
+        if length <= budget:
+            return prompt, False
+        if self.overflow == "truncate":
+            ids, text = self.tokenizer.encode(prompt), prompt
+            while ids and length > budget:  # decode + re-encode may merge differently: check again
+                ids = ids[: len(ids) - (length - budget)]
+                text = self.tokenizer.decode(ids)
+                length = self.length(text, image_size)
+            if ids:
+                return text, True
+        raise ValueError(f"prompt of {self.length(prompt, image_size)} tokens does not fit max_model_len "
+                         f"{self.model.max_model_len} minus max_tokens {max_tokens} "
+                         f"(rollout.prompt_overflow={self.overflow})")
+
+
+class RolloutWorker:
+    """Owns one vLLM engine (tensor-parallel inside it on accelerators); a Ray actor in the pool.
+
+    A bad row (missing or unreadable image, prompt too long) fails that row with an error naming
+    it, never the worker. Weights are replaced in place by `load_weights`, which bumps the policy
+    version every result carries."""
+
+    def __init__(self, name: str, model: ModelConfig, rollout: RolloutConfig, platform: str = "auto"):
+        self.name, self.rollout, self.version = name, rollout, 0
+        self.platform = get_platform(platform)
+        apply_env(self.platform)
+        self.engine = build_engine(model, rollout, self.platform)
+        self.tokenizer = self.engine.get_tokenizer()
+        hf_config = self.engine.llm_engine.model_config.hf_config
+        self.fitter = PromptFitter(self.tokenizer, model, hf_config, rollout.prompt_overflow)
+        self.banned_ids = vision_token_ids(hf_config)
+
+    def ping(self) -> str:
+        return self.name
+
+    def policy_version(self) -> int:
+        return self.version
+
+    def generate(self, rows: Sequence[GroundingRow], indices: Sequence[int], n: int, greedy: bool = False,
+                 max_tokens: int | None = None) -> tuple[list[PromptResult], WorkerStats]:
+        """n samples for each row (1 when greedy); results carry the caller's `indices`."""
+        start = time.perf_counter()
+        max_tokens = max_tokens or self.rollout.max_tokens
+        results = [PromptResult(index=i, policy_version=self.version) for i in indices]
+        inputs, ready = [], []
+        for row, result in zip(rows, results, strict=True):
+            try:
+                image = load_image(row.image)
+                prompt, result.truncated = self.fitter.fit(row.prompt, image.size, max_tokens)
+            except (DatasetError, ValueError) as exc:
+                result.error = str(exc) if isinstance(exc, DatasetError) else f"{row.source}:{row.line}: {exc}"
+                result.error_kind = "bad_row" if isinstance(exc, DatasetError) else "overflow"
+                continue
+            inputs.append({"prompt": render_prompt(self.tokenizer, prompt), "multi_modal_data": {"image": image}})
+            ready.append(result)
+        if inputs:
+            params = sampling_params(self.rollout, n, greedy, max_tokens, self.banned_ids)
+            for result, out in zip(ready, self.engine.generate(inputs, params, use_tqdm=False), strict=True):
+                result.prompt_ids = list(out.prompt_token_ids)
+                result.samples = [_sample(o) for o in out.outputs]
+        stats = WorkerStats(
+            worker=self.name, prompts=len(rows), seconds=time.perf_counter() - start,
+            response_tokens=sum(len(s.response_ids) for r in results for s in r.samples),
+            failed=sum(r.error_kind == "bad_row" for r in results),
+            rejected=sum(r.error_kind == "overflow" for r in results),
+            truncated=sum(r.truncated for r in results),
+        )
+        return results, stats
+
+    def load_weights(self, version: int, path: str | None = None,
+                     state_dict: dict[str, Any] | None = None) -> int:
+        """Replace the engine's weights in place, from an HF checkpoint directory (safetensors) or an
+        in-process state dict with HF parameter names, and hold policy `version` from now on.
+
+        RPC arguments do not carry tensors intact (they arrive mangled), so a state dict travels
+        through a safetensors file in shared memory that the engine's worker reads."""
+        if (path is None) == (state_dict is None):
+            raise ValueError("load_weights takes exactly one of path and state_dict")
+        tmp = None
+        if state_dict is not None:
+            from safetensors.torch import save_file
+
+            tmp = tempfile.mkdtemp(prefix="rollout-weights-", dir=_shm_dir())
+            tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+            save_file(tensors, str(Path(tmp) / "model.safetensors"))
+            path = tmp
+        try:
+            self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        # Everything cached was computed by (or mirrors a worker cache cleared with) the old weights:
+        # KV blocks and vision-encoder outputs would mix policies, and the multimodal input cache's
+        # sender side must forget what the reloaded worker no longer holds ("Encoder cache miss").
+        self.engine.reset_prefix_cache()
+        self.engine.llm_engine.reset_encoder_cache()
+        self.engine.reset_mm_cache()
+        self.version = version
+        return version
+
+
+def _sample(out: Any) -> Sample:
+    ids = list(out.token_ids)
+    # Every request asks for logprobs=0: one {sampled token: Logprob} dict per response token.
+    logprobs = [step[token].logprob for step, token in zip(out.logprobs, ids, strict=True)]
+    return Sample(response_ids=ids, logprobs=logprobs, finish_reason=out.finish_reason or "length", text=out.text)
+
+
+def _shm_dir() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() else None
+
+
+class RolloutWorkerError(RuntimeError):
+    """A rollout worker died, hung past the timeout, or failed; the message names it and the phase."""
+
+
+class RolloutPool:
+    """R `RolloutWorker` actors; spreads a step's prompts over them and gathers in the original order.
+
+    Plain class held by the driver (a single controller): it owns handles only, no model."""
+
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, platform: str = "auto",
+                 timeout_s: float = 600.0, name_prefix: str = "rollout"):
+        import ray
+
+        resolved = get_platform(platform)
+        options = dict(num_cpus=1, num_gpus=rollout.tensor_parallel_size if resolved.has_accelerator else 0,
+                       runtime_env={"env_vars": resolved.actor_env()})
+        self.timeout_s = timeout_s
+        self.names = [f"{name_prefix}-{i}" for i in range(rollout.num_workers)]
+        self.workers = [ray.remote(RolloutWorker).options(name=name, **options).remote(name, model, rollout, resolved.name)
+                        for name in self.names]
+        self._call("start", [w.ping.remote() for w in self.workers])
+
+    def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False,
+                 max_tokens: int | None = None) -> tuple[list[PromptResult], list[WorkerStats]]:
+        """n samples for every row; results in the order of `rows`, one stats record per worker."""
+        chunks = balanced_chunks(len(rows), len(self.workers))
+        calls = [w.generate.remote([rows[i] for i in idx], idx, n, greedy, max_tokens)
+                 for w, idx in zip(self.workers, chunks, strict=True) if idx]
+        outputs = self._call("generate", calls)
+        results = sorted((r for res, _ in outputs for r in res), key=lambda r: r.index)
+        return results, [stats for _, stats in outputs]
+
+    def load_weights(self, version: int, path: str) -> list[int]:
+        """Every worker loads the checkpoint at `path` and then holds `version`."""
+        return self._call("load_weights", [w.load_weights.remote(version, path) for w in self.workers])
+
+    def policy_versions(self) -> list[int]:
+        return self._call("policy_version", [w.policy_version.remote() for w in self.workers])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker)
+
+    def _call(self, phase: str, refs: list[Any]) -> list[Any]:
+        """ray.get with the configured timeout; a dead, hung or failing worker is named."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+        if pending:
+            names = [self.names[refs.index(r)] for r in pending]
+            raise RolloutWorkerError(f"{', '.join(names)}: no answer to {phase} within {self.timeout_s:.0f} s")
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                out.append(ray.get(ref))
+            except (RayActorError, GetTimeoutError) as exc:
+                raise RolloutWorkerError(f"{self.names[i]} died during {phase}: {exc}") from exc
+            except RayTaskError as exc:
+                raise RolloutWorkerError(f"{self.names[i]} failed during {phase}: {exc}") from exc
+        return out
+
+
+def balanced_chunks(count: int, parts: int) -> list[list[int]]:
+    """Split range(count) into `parts` contiguous chunks whose sizes differ by at most one."""
+    base, extra = divmod(count, parts)
+    bounds = [0]
+    for i in range(parts):
+        bounds.append(bounds[-1] + base + (i < extra))
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(parts)]

@@ -109,7 +109,10 @@ def build_model_config(cfg: TinyModelConfig, tokenizer):  # -> Qwen3VLConfig
     config = Qwen3VLConfig(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
+        vision_end_token_id=ids["<|vision_end|>"],
+        # Untied like Qwen3-VL-8B: vLLM 0.32's in-place weight reload leaves a tied lm_head on its old
+        # weights ("ParallelLMHead: Failed to load weights"), so tied models need a re-tie after sync.
+        tie_word_embeddings=False,
     )
     config.eos_token_id = ids["<|im_end|>"]
     config.pad_token_id = ids["<|endoftext|>"]
@@ -117,7 +120,7 @@ def build_model_config(cfg: TinyModelConfig, tokenizer):  # -> Qwen3VLConfig
 
 
 def _fingerprint(cfg: TinyModelConfig, min_pixels: int, max_pixels: int) -> str:
-    payload = json.dumps([cfg.model_dump(), min_pixels, max_pixels, CHAT_TEMPLATE, _corpus()[:20]])
+    payload = json.dumps([cfg.model_dump(), min_pixels, max_pixels, CHAT_TEMPLATE, _corpus()[:20], "untied"])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -164,10 +167,11 @@ def ensure_model(model: ModelConfig) -> Path | str:
     A path that does not exist locally and has no `tiny` section is passed on as-is (a hub id on a
     cluster that can reach one); loading then fails with the loader's own message."""
     path = Path(model.path)
-    if (path / "config.json").is_file() and (model.tiny is None or (path / MARKER).is_file()):
-        return path
     if model.tiny is None:
-        return model.path
+        return path if path.exists() else model.path
+    if (path / "config.json").is_file() and not (path / MARKER).is_file():
+        return path  # a checkpoint we did not build (e.g. SFT output): never overwrite it
+    # Ours (or absent): build_tiny_model rebuilds only when the spec's fingerprint changed.
     return build_tiny_model(path, model.tiny, min_pixels=model.min_pixels, max_pixels=model.max_pixels)
 
 

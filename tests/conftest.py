@@ -54,3 +54,16 @@ def tiny_engine(tiny_config: Config, tiny_model_dir: Path):
     engine = build_engine(tiny_config.model, tiny_config.rollout, platform)
     yield engine
     engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the session, on loopback; reused if another fixture already started it.
+    8 logical CPUs on a 2-core machine: actors mostly wait on each other, so oversubscribing is fine."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -68,3 +68,21 @@ def test_default_model_size_and_transformers_generation(tiny_model_dir, syntheti
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert out.shape == (1, inputs["input_ids"].shape[1] + 8)
     assert torch.isfinite(model(**inputs).logits).all()
+
+
+def test_ensure_model_rebuilds_a_stale_tiny_build_but_never_touches_a_foreign_checkpoint(tmp_path):
+    from rl.config import ModelConfig
+    from rl.tiny import ensure_model
+
+    ours = ModelConfig(path=str(tmp_path / "tiny"), tiny=SMALL)
+    built = ensure_model(ours)
+    fingerprint = json.loads((built / MARKER).read_text())["fingerprint"]
+    changed = ours.model_copy(update={"tiny": SMALL.model_copy(update={"seed": 3})})
+    assert json.loads((ensure_model(changed) / MARKER).read_text())["fingerprint"] != fingerprint
+
+    foreign = tmp_path / "sft-output"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    assert ensure_model(ModelConfig(path=str(foreign), tiny=SMALL)) == foreign
+    assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]
+    assert ensure_model(ModelConfig(path="org/some-hub-model", tiny=None)) == "org/some-hub-model"

