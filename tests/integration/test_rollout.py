@@ -1,41 +1,27 @@
 """RolloutWorker actors over Ray with real vLLM-CPU engines: grouping, order, bad rows, weight loads,
-log-prob agreement with transformers, and a dead worker named. One 2-worker pool for the module;
-the worker-death test kills it and runs last."""
+log-prob agreement with transformers, and a dead worker named. The session's 2-worker pool."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 
-from actors.rollout import RolloutPool, RolloutWorkerError
+from actors.rollout import RolloutWorkerError
 from rl.data import load_split
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pool(ray_cluster, tiny_config, tiny_model_dir):
-    rollout = tiny_config.rollout.model_copy(update={"num_workers": 2, "max_tokens": 8})
-    pool = RolloutPool(tiny_config.model, rollout, platform="cpu", timeout_s=300)
-    yield pool
-    pool.shutdown()
+def pool(rollout_pool):
+    return rollout_pool
 
 
 @pytest.fixture(scope="module")
 def rows(synthetic_dir):
     return load_split(synthetic_dir / "val.jsonl").rows[:5]
-
-
-@pytest.fixture(scope="module")
-def other_checkpoint(tiny_config, tmp_path_factory) -> Path:
-    """Same architecture and tokenizer, different random weights (seed 1)."""
-    from rl.tiny import build_tiny_model
-
-    tiny = tiny_config.model.tiny.model_copy(update={"seed": 1})
-    return build_tiny_model(tmp_path_factory.mktemp("seed1") / "tiny", tiny)
 
 
 def _greedy(pool, rows):
@@ -133,7 +119,11 @@ def test_state_dict_load_equals_path_load(pool, rows, other_checkpoint, tiny_mod
     pool.load_weights(6, str(tiny_model_dir))
 
 
-def test_a_dead_worker_is_named(pool, rows, ray_cluster):
+def test_a_dead_worker_is_named_and_can_be_replaced(pool, rows, ray_cluster):
+    before = _greedy(pool, rows)
     ray_cluster.kill(pool.workers[1])
-    with pytest.raises(RolloutWorkerError, match="rollout-1 died during generate"):
+    with pytest.raises(RolloutWorkerError, match="rollout-1 died during generate") as err:
         pool.generate(rows, n=1)
+    assert (err.value.actor, err.value.phase) == ("rollout-1", "generate")
+    pool.restart(1)
+    assert _greedy(pool, rows) == before

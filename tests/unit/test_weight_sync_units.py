@@ -1,0 +1,41 @@
+"""Weight-sync pieces without engines: bucket planning, packing, checksums."""
+
+from __future__ import annotations
+
+import torch
+
+from actors.weight_sync import TensorMeta, checksum, pack, plan_buckets, unpack
+
+
+def _meta(name, *shape, dtype="float32"):
+    return TensorMeta(name, shape, dtype)
+
+
+def test_buckets_respect_the_size_and_never_split_a_module():
+    mb = 1024**2 // 4  # float32 elements in one MB
+    metas = [_meta("m.layers.0.self_attn.q_proj.weight", mb // 2), _meta("m.layers.0.self_attn.k_proj.weight", mb // 2),
+             _meta("m.layers.0.self_attn.v_proj.weight", mb // 2), _meta("m.layers.0.mlp.up_proj.weight", mb // 2),
+             _meta("m.norm.weight", 4), _meta("lm_head.weight", 3 * mb)]
+    plan = plan_buckets(metas, bucket_mb=1)
+    # q/k/v (1.5 MB) stay together over the 1 MB limit; the 3 MB lm_head goes alone.
+    assert [[m.name.split(".")[-2] for m in b] for b in plan] == [
+        ["q_proj", "k_proj", "v_proj"], ["up_proj", "norm"], ["lm_head"]]
+    assert [m for b in plan for m in b] == metas
+
+
+def test_pack_and_unpack_round_trip_mixed_dtypes():
+    tensors = {"a.w": torch.randn(3, 4), "b.w": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+               "c.w": torch.randn(5).to(torch.bfloat16)}
+    bucket = tuple(_meta(n, *t.shape, dtype=str(t.dtype).removeprefix("torch.")) for n, t in tensors.items())
+    flat = pack(tensors.values())
+    assert flat.dtype == torch.uint8 and flat.numel() == sum(m.nbytes for m in bucket) == 48 + 48 + 10
+    for (name, got), (ref_name, ref) in zip(unpack(flat, bucket), tensors.items(), strict=True):
+        assert name == ref_name and got.dtype == ref.dtype and torch.equal(got, ref)
+
+
+def test_checksum_sees_a_single_bit():
+    w = torch.randn(64)
+    flipped = w.clone()
+    flipped.view(torch.int32)[7] ^= 1
+    assert checksum([("w", w)]) == checksum([("w", w.clone())])
+    assert checksum([("w", w)]) != checksum([("w", flipped)])
