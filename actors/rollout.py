@@ -254,6 +254,9 @@ class RolloutWorker:
         self._hold(version)
         return sums[0]
 
+    def receive_raw(self, sizes: list[int]) -> int:
+        return self.engine.collective_rpc("receive_raw", args=(sizes,))[0]
+
     def close_weight_sync(self) -> None:
         self.engine.collective_rpc("close_weight_sync")
 
@@ -290,7 +293,8 @@ class RolloutPool:
     Plain class held by the driver (a single controller): it owns handles only, no model."""
 
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, platform: str = "auto",
-                 timeout_s: float = 600.0, name_prefix: str = "rollout"):
+                 timeout_s: float = 600.0, name_prefix: str = "rollout", placement: Any = None):
+        """`placement`: an `actors.placement.Placement` whose engine bundles pin the workers."""
         import ray
 
         resolved = get_platform(platform)
@@ -299,8 +303,14 @@ class RolloutPool:
         self.timeout_s, self.tensor_parallel_size = timeout_s, rollout.tensor_parallel_size
         self.names = [f"{name_prefix}-{i}" for i in range(rollout.num_workers)]
         actor = ray.remote(RolloutWorker)
-        self._start = lambda name: actor.options(name=name, **options).remote(name, model, rollout, resolved.name)
-        self.workers = [self._start(name) for name in self.names]
+
+        def start(i: int) -> Any:
+            pinned = placement.engine_options(i) if placement is not None else {}
+            return actor.options(name=self.names[i], **options, **pinned).remote(self.names[i], model, rollout,
+                                                                                resolved.name)
+
+        self._start = start
+        self.workers = [start(i) for i in range(len(self.names))]
         self._call("start", [w.ping.remote() for w in self.workers])
 
     def restart(self, index: int) -> None:
@@ -309,7 +319,7 @@ class RolloutPool:
         import ray
 
         ray.kill(self.workers[index], no_restart=True)
-        self.workers[index] = self._start(self.names[index])
+        self.workers[index] = self._start(index)
         self._call("start", [self.workers[index].ping.remote()], [self.names[index]])
 
     def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False,

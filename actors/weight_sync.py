@@ -17,10 +17,9 @@ engine's worker processes through `LLM.collective_rpc`. `WeightSender` runs in l
 
 from __future__ import annotations
 
-import hashlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import xxhash
 
 from actors.remote import ActorCallError, gather
 from rl.platform import Platform
@@ -92,8 +92,10 @@ def unpack(flat: torch.Tensor, bucket: Bucket) -> Iterator[tuple[str, torch.Tens
 
 
 def checksum(tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
-    """name -> sha256 of the tensor's bytes: equal only for bit-identical weights."""
-    return {name: hashlib.sha256(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+    """name -> 128-bit xxh3 of the tensor's bytes: equal only for bit-identical weights (barring a
+    2^-128 collision). xxh3 hashes ~6 GB/s here where sha256 managed 0.9: every sync checks every
+    tensor on every engine, so the hash is on the hot path."""
+    return {name: xxhash.xxh3_128_hexdigest(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
             for name, t in tensors}
 
 
@@ -134,15 +136,20 @@ class WeightSender:
         self.group = process_group(self.store, 0, self.world_size, self.backend, self.timeout_s)
 
     def send(self, plan: list[Bucket], tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
-        """Broadcast `tensors` (in plan order, names checked) bucket by bucket; returns bytes sent."""
+        """Broadcast `tensors` (in plan order, names checked) bucket by bucket; returns bytes sent.
+        Each tensor is copied into the bucket's buffer as it arrives: a ZeRO-3 source frees a gathered
+        tensor once it gathers the next ones, so nothing may hold on to it."""
         sent = 0
         for bucket in plan:
-            chunk = [next(tensors) for _ in bucket]
-            names = [name for name, _ in chunk]
-            if names != [m.name for m in bucket]:
-                raise ValueError(f"weights arrive out of plan order: got {names[:3]}..., "
-                                 f"planned {[m.name for m in bucket][:3]}...")
-            flat = pack(t for _, t in chunk).to(self.device)
+            flat = torch.empty(sum(m.nbytes for m in bucket), dtype=torch.uint8, device=self.device)
+            offset = 0
+            for meta in bucket:
+                name, tensor = next(tensors)
+                if name != meta.name or tuple(tensor.shape) != meta.shape:
+                    raise ValueError(f"weights arrive out of plan: got {name} {tuple(tensor.shape)}, "
+                                     f"planned {meta.name} {meta.shape}")
+                flat[offset: offset + meta.nbytes].copy_(pack([tensor]))
+                offset += meta.nbytes
             self.group.broadcast(flat, 0).wait(self.timeout)
             sent += flat.numel()
         return sent
@@ -173,6 +180,13 @@ class WeightReceiver:
             sums.update(checksum(named))
             self.model_runner.reload_weights(weights_iterator=iter(named))
         return sums
+
+    def receive_raw(self, sizes: list[int]) -> int:
+        """Baseline for benchmarks: receive buffers of these byte sizes and drop them (no load)."""
+        for size in sizes:
+            flat = torch.empty(size, dtype=torch.uint8, device=self.device)
+            self._sync_group.broadcast(flat, 0).wait(self._sync_timeout)
+        return sum(sizes)
 
     def close_weight_sync(self) -> None:
         self._sync_group = None
@@ -223,6 +237,18 @@ class WeightSource(ABC):
         self._sender.send(plan_from_wire(wire_plan), tap())
         return sums
 
+    def send_raw(self, sizes: list[int]) -> int:
+        """Baseline for benchmarks: a plain broadcast of buffers of these byte sizes over the group."""
+        for size in sizes:
+            self._sender.group.broadcast(torch.zeros(size, dtype=torch.uint8, device=self._sender.device), 0).wait(
+                self._sender.timeout)
+        return sum(sizes)
+
+    def drain_weights(self) -> int:
+        """For the source's peers that must take part in gathering (ZeRO-3 ranks > 0): iterate the
+        weights without sending them."""
+        return sum(1 for _ in self.iter_weights())
+
     def close_weight_sync(self) -> None:
         if self._sender is not None:
             self._sender.close()
@@ -270,8 +296,10 @@ class WeightSync:
     group and runs versioned, checksum-verified syncs. Holds handles only."""
 
     def __init__(self, source: Any, source_name: str, pool: Any, bucket_mb: float, timeout_s: float,
-                 platform: Platform, host: str = "127.0.0.1"):
-        self.source, self.source_name, self.pool = source, source_name, pool
+                 platform: Platform, host: str = "127.0.0.1", peers: Sequence[tuple[str, Any]] = ()):
+        """`peers`: (name, handle) of actors that must iterate the weights with the source (the other
+        ZeRO-3 learner ranks, whose shards the source gathers)."""
+        self.source, self.source_name, self.pool, self.peers = source, source_name, pool, list(peers)
         self.bucket_mb, self.timeout_s, self.platform, self.host = bucket_mb, timeout_s, platform, host
         self.plan: list | None = None
 
@@ -285,6 +313,7 @@ class WeightSync:
         joins = [w.init_weight_sync.remote(self.host, port, 1 + i * tp, world, backend, self.timeout_s)
                  for i, w in enumerate(self.pool.workers)]
         self._wait("connect", [self.source.connect_weight_sync.remote(), *joins])
+        # Listing the weights is not collective (shapes only), so the source alone answers.
         (self.plan,) = self._wait("plan", [self.source.weight_plan.remote(self.bucket_mb)], [self.source_name])
 
     def sync(self, version: int) -> SyncStats:
@@ -293,7 +322,10 @@ class WeightSync:
             self.connect()
         start = time.perf_counter()
         receives = [w.receive_weights.remote(self.plan, version) for w in self.pool.workers]
-        sent, *received = self._wait("sync", [self.source.send_weights.remote(self.plan), *receives])
+        drains = [peer.drain_weights.remote() for _, peer in self.peers]
+        sent, *received = self._wait("sync", [self.source.send_weights.remote(self.plan), *receives, *drains],
+                                     [self.source_name, *self.pool.names, *(n for n, _ in self.peers)])
+        received = received[: len(self.pool.workers)]
         seconds = time.perf_counter() - start
         for name, sums in zip(self.pool.names, received, strict=True):
             wrong = sorted(n for n in sent if sums.get(n) != sent[n])

@@ -14,6 +14,7 @@ import sys
 # name -> (module with `run(argv: list[str]) -> dict`, one-line description)
 BENCHES: dict[str, tuple[str, str]] = {
     "rewards": ("rl.bench_rewards", "score_batch vs a per-sample pure-Python reward, 20,000 completions"),
+    "sync": ("rl.bench_sync", "weight sync into R vLLM engines vs a raw broadcast of the same bytes"),
     "rollout": ("rl.bench_rollout", "RolloutWorker over Ray vs vllm.LLM.generate in-process, tokens/s"),
 }
 

@@ -91,7 +91,7 @@ class RolloutConfig(Section):
     temperature: float = Field(default=1.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = -1  # -1: off
-    max_tokens: int = Field(default=64, gt=0)
+    max_tokens: int = Field(default=96, gt=0)  # the longest synthetic answer is 82 tokens
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
     kv_cache_memory_mb: int = Field(default=256, gt=0)  # CPU engines: explicit KV cache size
@@ -115,6 +115,8 @@ class GRPOConfig(Section):
     dynamic_sampling: bool = True
     max_refill_rounds: int = Field(default=2, ge=0)
     off_policy_lag: Literal[0, 1] = 0
+    ppo_epochs: int = Field(default=1, ge=1)  # passes over each rollout batch
+    num_mini_batches: int = Field(default=1, ge=1)  # optimizer steps per epoch (the batch split evenly)
 
 
 class LearnerConfig(Section):
@@ -129,6 +131,12 @@ class LearnerConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     gradient_checkpointing: bool = False
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)  # cosine decays to lr x this
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1)
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    cpus_per_learner: int = Field(default=1, ge=1)  # Ray CPU reservation and torch threads per learner
+    logprob_chunk_size: int = Field(default=1024, ge=1)  # tokens per [chunk, vocab] logits block
 
 
 class WeightSyncConfig(Section):
@@ -159,15 +167,48 @@ class CheckpointConfig(Section):
     resume: str = "auto"  # auto | never | path to a checkpoint
 
 
+class SFTConfig(Section):
+    """Supervised fine-tuning (`python -m rl.sft`, the `sft` stage): (image, prompt) -> answer, loss on the
+    answer tokens only. Later stages of the same pipeline start from `output_dir`."""
+
+    data_path: str | None = None  # folder holding train.jsonl + val.jsonl; None: data.path
+    output_dir: str = "checkpoints/sft"  # final HF checkpoint, published by rename when training ends
+    state_dir: str = "checkpoints/sft-steps"  # resumable checkpoint-N folders (weights + optimizer + state)
+    resume: str = "auto"  # auto (newest matching checkpoint in state_dir) | never | path to a checkpoint
+    num_steps: int = Field(default=150, ge=1)  # optimizer steps
+    micro_batch_size: int = Field(default=32, ge=1)  # per process; global batch = micro x accumulation x processes
+    grad_accum_steps: int = Field(default=1, ge=1)
+    num_processes: int = Field(default=1, ge=1)  # > 1: torchrun this many processes on this node
+    lr: float = Field(default=1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    group_by_length: bool = True  # batches of similar length: less padding (packing breaks image tokens)
+    eval_every: int = Field(default=50, ge=0)  # val loss every N steps; 0: only at the end
+    grounding_eval_rows: int = Field(default=64, ge=0)  # val rows answered greedily before/after; 0: off
+    eval_batch_size: int = Field(default=32, ge=1)
+    save_every: int = Field(default=0, ge=0)  # resumable checkpoint every N steps; 0: only at the end
+    keep_last: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    dataloader_workers: int = Field(default=0, ge=0)
+    # auto: DeepSpeed on accelerators, plain torch on CPU; true/false force it. ZeRO stage, offload and
+    # gradient checkpointing are the learner's (learner.*): one DeepSpeed setup per cluster config.
+    deepspeed: Literal["auto"] | bool = "auto"
+
+
 class Config(Section):
-    # Stages run in order by rl.launch; "preview" samples a few grounded answers with vLLM.
-    pipeline: list[Literal["preview"]] = Field(default_factory=lambda: ["preview"])
+    # Stages run in order by rl.launch: "sft" fine-tunes model.path (later stages then start from
+    # sft.output_dir); "grpo" trains with the grounding rewards (rl/trainer.py); "preview" samples a
+    # few grounded answers with vLLM.
+    pipeline: list[Literal["preview", "sft", "grpo"]] = Field(default_factory=lambda: ["sft", "preview"])
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     rewards: RewardConfig = Field(default_factory=RewardConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
@@ -190,11 +231,11 @@ class Config(Section):
     def _arithmetic(self) -> Config:
         # e.g. 8 prompts x 8 samples = 64 sequences per step, split over L learners in micro-batches.
         sequences = self.grpo.prompts_per_step * self.grpo.group_size
-        per_step = self.learner.num_learners * self.learner.micro_batch_size
+        per_step = self.grpo.num_mini_batches * self.learner.num_learners * self.learner.micro_batch_size
         if sequences % per_step:
             raise ValueError(
                 f"grpo.prompts_per_step x grpo.group_size = {sequences} sequences per step is not divisible "
-                f"by learner.num_learners x learner.micro_batch_size = {per_step}"
+                f"by grpo.num_mini_batches x learner.num_learners x learner.micro_batch_size = {per_step}"
             )
         if self.grpo.clip_high < self.grpo.clip_low:
             raise ValueError(f"grpo.clip_high ({self.grpo.clip_high}) < grpo.clip_low ({self.grpo.clip_low})")

@@ -365,3 +365,31 @@ def ensure_dataset(data: DataConfig) -> Path:
     if not split.is_file():
         raise DatasetError(f"{split}: dataset split not found (data.path={data.path}, data.split={data.split})")
     return root
+
+
+class PromptOrder:
+    """The order in which training prompts are drawn: a fresh seeded permutation each epoch. Its state
+    (epoch, cursor) goes into checkpoints, so a resumed run draws exactly the prompts it would have."""
+
+    def __init__(self, num_rows: int, seed: int, epoch: int = 0, cursor: int = 0):
+        if num_rows < 1:
+            raise ValueError("no training rows to draw prompts from")
+        self.num_rows, self.seed, self.epoch, self.cursor = num_rows, seed, epoch, cursor
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_rows)
+
+    def take(self, count: int) -> list[int]:
+        """The next `count` row indices, crossing into the next epoch when this one runs out."""
+        out: list[int] = []
+        while len(out) < count:
+            perm = self._permutation()
+            step = min(count - len(out), self.num_rows - self.cursor)
+            out.extend(int(i) for i in perm[self.cursor: self.cursor + step])
+            self.cursor += step
+            if self.cursor == self.num_rows:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}

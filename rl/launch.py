@@ -31,13 +31,26 @@ def _preview(cfg: Config) -> None:
     run_preview(cfg)
 
 
-# Stage name -> runner. Later stages (sft, grpo) register here as they land.
-STAGES: dict[str, Callable[[Config], None]] = {"preview": _preview}
+def _sft(cfg: Config) -> Config:
+    from rl.sft import run_sft
+
+    return run_sft(cfg)  # model.path = sft.output_dir for the stages after it
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Stage name -> runner. A runner may return an updated Config for the stages after it (sft does: they
+# start from its checkpoint); None keeps the config as it was.
+def _grpo(cfg: Config) -> None:
+    from rl.trainer import run_grpo
+
+    run_grpo(cfg)
+
+
+STAGES: dict[str, Callable[[Config], Config | None]] = {"preview": _preview, "sft": _sft, "grpo": _grpo}
+
+
+def build_parser(prog: str = "python -m rl.launch") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m rl.launch",
+        prog=prog,
         description="Grounded GRPO for Qwen3-VL: run the configured pipeline (stages: "
         + ", ".join(STAGES) + ").",
         epilog="Example: python -m rl.launch --config conf/default.yaml grpo.group_size=8 rollout.num_workers=2",
@@ -51,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, stages: list[str] | None = None, prog: str = "python -m rl.launch") -> int:
+    """Run `stages` (default: the config's pipeline); `python -m rl.sft` is this with stages=["sft"]."""
+    args = build_parser(prog).parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         print(f"error: overrides must look like key.path=value, got: {' '.join(bad)}", file=sys.stderr)
@@ -65,9 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    prepare(cfg)
-    for stage in cfg.pipeline:
-        STAGES[stage](cfg)
+    from rl.data import DatasetError
+
+    try:
+        prepare(cfg)
+        for stage in stages or cfg.pipeline:
+            cfg = STAGES[stage](cfg) or cfg
+    except ConfigError as exc:  # found only once a stage looks (e.g. sft.resume names no checkpoint)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DatasetError as exc:  # a bad row (file:line) or an image that does not load (its path)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,493 @@
+"""Learner side: L Ray actors, one per accelerator (one process each on CPU), one torch.distributed
+group, each running a DeepSpeed engine (ZeRO-3 by default) on the policy.
+
+`Learner` is the actor: a thin wrapper that turns `TrainSample`s into Qwen3-VL inputs
+(actors/learner_batch.py), computes per-token log-probs (old and reference), and runs the GRPO
+objective of rl/grpo.py through DeepSpeed's backward/step. `LearnerGroup` is a plain class held by the
+driver: it starts the actors, wires their process group (rank 0 publishes address and port through
+Ray), splits batches over them and gathers answers, naming the actor and the phase on failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from actors.learner_batch import (
+    Collator,
+    MetricSum,
+    MicroBatch,
+    TrainSample,
+    micro_batches,
+    num_micro_batches,
+    shard_for_learners,
+)
+from actors.weight_sync import TensorMeta, WeightSource
+from rl.config import Config
+from rl.grpo import grpo_loss, lr_factor, token_logprobs, truncated_is_weights
+from rl.platform import get_platform
+
+__all__ = ["Learner", "LearnerError", "LearnerGroup", "TrainSample"]
+
+# Tokenizer / processor files a checkpoint needs besides weights and config, copied from the source model.
+PROCESSOR_FILES = ("tokenizer*", "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                   "chat_template*", "special_tokens_map.json", "vocab*", "merges.txt", "added_tokens.json")
+DS_TAG = "state"  # DeepSpeed checkpoint tag inside <checkpoint>/deepspeed
+
+
+class PolicyLogprobs(nn.Module):
+    """The DeepSpeed-wrapped module: Qwen3-VL trunk -> hidden states at response positions -> per-token
+    log-probs via the LM head, chunk by chunk (rl.grpo.token_logprobs). Wrapping it as one module lets
+    ZeRO-3's start/end-of-forward hooks see the whole pass, including the LM head calls."""
+
+    def __init__(self, policy: nn.Module, temperature: float, chunk_size: int):
+        super().__init__()
+        self.policy = policy
+        self.temperature = temperature
+        self.chunk_size = chunk_size
+        self._vision_types: Tensor | None = None
+        # Image slots are the prompt's image tokens only. A sampled response may contain <|image_pad|>
+        # as plain text (vLLM embeds generated tokens as text); the stock id-based mask would count it
+        # as an image slot. The collator's mm_token_type_ids mark the prompt's slots alone.
+        policy.model.get_placeholder_mask = self._placeholder_mask
+
+    def _placeholder_mask(self, input_ids: Tensor, inputs_embeds: Tensor, image_features: Tensor | None = None,
+                          video_features: Tensor | None = None) -> tuple[Tensor, Tensor]:  # [b, S, 1] each
+        types = self._vision_types.to(inputs_embeds.device)
+        return (types == 1).unsqueeze(-1), (types == 2).unsqueeze(-1)
+
+    def forward(self, inputs: dict[str, Tensor], positions: Tensor, targets: Tensor,
+                with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:  # [M], [M] | None
+        self._vision_types = inputs["mm_token_type_ids"]
+        hidden = self.policy.model(**inputs, use_cache=False).last_hidden_state  # [b, S, H]
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [M, H]
+        return token_logprobs(hidden, targets, self.policy.lm_head, self.temperature, self.chunk_size, with_entropy)
+
+
+class Learner(WeightSource):
+    """One rank of the learner group (a Ray actor). Call order: `master_address` (rank 0), `setup`,
+    then any of compute_logprobs / update / save / load / full_state_dict."""
+
+    def __init__(self, cfg: Config, rank: int, world_size: int):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.platform = get_platform(cfg.cluster.platform)
+        torch.set_num_threads(cfg.learner.cpus_per_learner)  # Ray caps OMP threads at 1 otherwise
+        torch.manual_seed(cfg.seed)
+        self.engine: Any = None
+        self.ref_engine: Any = None  # stays None when kl_coef == 0: the reference is never loaded
+
+    def ping(self) -> int:
+        return self.rank
+
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0: the address and a free port for the process group's TCP store."""
+        host = self.cfg.cluster.host
+        if host in ("0.0.0.0", "::"):  # bound on every interface: advertise an address peers can reach
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return host, s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        """Join the process group and build the DeepSpeed engine(s)."""
+        import deepspeed
+        from transformers import AutoConfig
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        # DeepSpeed reads these in places (device choice, checkpoint naming). LOCAL_RANK is 0: Ray shows
+        # each learner exactly one accelerator.
+        os.environ.update({"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0",
+                           "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
+        deepspeed.init_distributed(
+            dist_backend=self.platform.dist_backend, auto_mpi_discovery=False,
+            init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank, world_size=self.world_size,
+            timeout=timedelta(seconds=self.cfg.cluster.call_timeout_s), verbose=False,
+        )
+        self.device = torch.device(self.platform.device_type)
+        self.dtype = getattr(torch, self.platform.dtype(self.cfg.model.dtype))
+        mc = self.cfg.model
+        self.hf_config = AutoConfig.from_pretrained(mc.path, trust_remote_code=mc.trust_remote_code)
+        self.collate = Collator(mc.path, mc.processor_size(), self.hf_config, mc.trust_remote_code)
+        self.ds_config = self._ds_config()
+        self.engine = self._engine(train=True)
+        if self.cfg.grpo.kl_coef > 0:
+            self.ref_engine = self._engine(train=False)
+        params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.policy.parameters())
+        return {"rank": self.rank, "parameters": params, "reference_loaded": self.ref_engine is not None}
+
+    @property
+    def policy(self) -> nn.Module:
+        return self.engine.module.policy
+
+    def _ds_config(self) -> dict[str, Any]:
+        lc, g = self.cfg.learner, self.cfg.grpo
+        sequences = g.prompts_per_step * g.group_size
+        # DeepSpeed insists on a consistent batch triple; the real boundaries are set per mini-batch
+        # in `update` (set_gradient_accumulation_boundary), so batches of any size work.
+        gas = max(1, sequences // (g.num_mini_batches * self.world_size * lc.micro_batch_size))
+        zero: dict[str, Any] = {"stage": lc.zero_stage}
+        if lc.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        if lc.offload_params and lc.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu"}
+        return {
+            "train_micro_batch_size_per_gpu": lc.micro_batch_size,
+            "gradient_accumulation_steps": gas,
+            "gradient_clipping": lc.grad_clip,
+            "zero_optimization": zero,
+            "bf16": {"enabled": self.dtype == torch.bfloat16},
+            "zero_allow_untested_optimizer": True,
+            "zero_force_ds_cpu_optimizer": False,  # a torch AdamW is fine where the optimizer is not offloaded
+            "steps_per_print": 2**62,
+            "wall_clock_breakdown": False,
+        }
+
+    def _engine(self, train: bool) -> Any:
+        import deepspeed
+        from transformers import AutoModelForImageTextToText
+        from transformers.integrations import HfDeepSpeedConfig
+
+        mc, lc, g = self.cfg.model, self.cfg.learner, self.cfg.grpo
+        # Alive during from_pretrained, this makes transformers build the model under zero.Init
+        # (ZeRO-3): each rank materialises only its shard, which is what lets an 8B model load.
+        ds_hf = HfDeepSpeedConfig(self.ds_config) if lc.zero_stage == 3 else None
+        policy = AutoModelForImageTextToText.from_pretrained(mc.path, dtype=self.dtype,
+                                                             trust_remote_code=mc.trust_remote_code)
+        del ds_hf
+        temperature = self.cfg.rollout.temperature or 1.0  # the distribution the engine sampled from
+        module = PolicyLogprobs(policy, temperature, lc.logprob_chunk_size)
+        if not train:
+            policy.eval().requires_grad_(False)
+            engine, *_ = deepspeed.initialize(model=module, config=self.ds_config)
+            return engine
+        if lc.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        decay = [p for p in module.parameters() if p.ndim >= 2]  # no decay on norms and biases
+        rest = [p for p in module.parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": lc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        betas = (lc.adam_beta1, lc.adam_beta2)
+        if lc.offload_optimizer:  # DeepSpeed's CPU Adam steps the offloaded fp32 states in place
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(groups, lr=lc.lr, betas=betas, eps=lc.adam_eps, adamw_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=lc.lr, betas=betas, eps=lc.adam_eps)
+        total = g.num_steps * g.ppo_epochs * g.num_mini_batches
+
+        def schedule(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+            # Built on DeepSpeed's wrapped optimizer (a callable), whose param groups are what it steps.
+            return torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: lr_factor(s, lc.warmup_steps, total, lc.lr_schedule, lc.min_lr_ratio))
+
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=schedule,
+                                          config=self.ds_config)
+        return engine
+
+    # ---------------------------------------------------------------- collectives
+
+    def _all_reduce(self, tensor: Tensor, op: str) -> None:
+        import torch.distributed as dist
+
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+
+    def _max_over_ranks(self, value: int) -> int:
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        self._all_reduce(t, "max")
+        return int(t.item())
+
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        self._all_reduce(t, "sum")
+        return t.tolist()
+
+    def _batches(self, samples: Sequence[TrainSample]) -> list[MicroBatch]:
+        """Collated micro-batches, padded to the same count on every rank."""
+        micro = self.cfg.learner.micro_batch_size
+        count = self._max_over_ranks(num_micro_batches(len(samples), micro))
+        return [self.collate([samples[i] for i in idx], weight).to(self.device)
+                for idx, weight in micro_batches(len(samples), micro, count)]
+
+    # ---------------------------------------------------------------- steps
+
+    @torch.no_grad()
+    def compute_logprobs(self, samples: Sequence[TrainSample], reference: bool = False) -> list[list[float]]:
+        """Per-token log-probs of each sample's response under the current policy (pi_old) or the
+        frozen reference. Every rank must call this together (ZeRO-3 gathers weights collectively)."""
+        engine = self.ref_engine if reference else self.engine
+        if engine is None:
+            raise RuntimeError("compute_logprobs(reference=True) with grpo.kl_coef == 0: no reference is loaded")
+        engine.module.eval()
+        out: list[list[float]] = []
+        for batch in self._batches(samples):
+            logp, _ = engine(batch.inputs, batch.positions, batch.targets)
+            if batch.weight:
+                out.extend(t.tolist() for t in logp.float().cpu().split(batch.lengths))
+        return out
+
+    def update(self, samples: Sequence[TrainSample], mini_batch_sizes: Sequence[int] | None = None) -> dict[str, float]:
+        """GRPO on this rank's share: `grpo.ppo_epochs` passes, one optimizer step per mini-batch
+        (`mini_batch_sizes` split `samples` into this rank's piece of each global mini-batch).
+        Missing old / reference log-probs are computed first. Returns metrics reduced over ranks."""
+        g = self.cfg.grpo
+        started = time.perf_counter()
+        samples = list(samples)
+        sizes = list(mini_batch_sizes) if mini_batch_sizes is not None else [len(samples)]
+        if sum(sizes) != len(samples):
+            raise ValueError(f"mini_batch_sizes {sizes} do not add up to {len(samples)} samples")
+        self._fill(samples, "old_logprobs", reference=False)
+        if g.kl_coef > 0:
+            self._fill(samples, "ref_logprobs", reference=True)
+        use_tis = g.tis_cap is not None and all(s.sampling_logprobs is not None for s in samples)
+        if not use_tis:
+            samples = [_without_sampling(s) for s in samples]
+        bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+        minis = [self._batches(samples[bounds[k]:bounds[k + 1]]) for k in range(len(sizes))]
+        self.engine.module.train()
+        metrics, grad_norms, steps = MetricSum(), [], 0
+        for _ in range(g.ppo_epochs):
+            for batches in minis:
+                grad_norms.append(self._step(batches, metrics))
+                steps += 1
+        out = metrics.reduce(self._all_reduce, steps)
+        tokens, response_tokens = self._sum_over_ranks(
+            sum(b.num_tokens for mb in minis for b in mb if b.weight),
+            sum(sum(b.lengths) for mb in minis for b in mb if b.weight))
+        seconds = time.perf_counter() - started
+        out |= {"grad_norm": sum(grad_norms) / max(len(grad_norms), 1), "lr": self.engine.get_lr()[0],
+                "optimizer_steps": float(steps), "tokens": tokens * g.ppo_epochs,
+                "response_tokens": response_tokens * g.ppo_epochs, "seconds": seconds,
+                "tokens_per_s": tokens * g.ppo_epochs / seconds, "use_tis": float(use_tis)}
+        return out
+
+    def _step(self, batches: list[MicroBatch], metrics: MetricSum) -> float:
+        """One optimizer step over one mini-batch (its micro-batches accumulated)."""
+        g = self.cfg.grpo
+        # Denominators of the whole global mini-batch, so that summing micro-batch losses over
+        # accumulation steps and ranks gives exactly the loss of the whole mini-batch.
+        tokens, seqs = self._sum_over_ranks(sum(sum(b.lengths) for b in batches if b.weight),
+                                            sum(len(b.lengths) for b in batches if b.weight))
+        for i, batch in enumerate(batches):
+            self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
+            logp_flat, entropy = self.engine(batch.inputs, batch.positions, batch.targets, with_entropy=True)
+            width = batch.mask.shape[1]
+            logp = _pad_rows(logp_flat, batch.lengths, width)
+            is_weights = None
+            if batch.sampling_logprobs is not None:
+                is_weights = truncated_is_weights(batch.old_logprobs, batch.sampling_logprobs, g.tis_cap)
+            loss, stats = grpo_loss(
+                logp, batch.old_logprobs, batch.advantages, batch.mask, clip_low=g.clip_low, clip_high=g.clip_high,
+                dual_clip=g.dual_clip, loss_agg=g.loss_agg, ref_logprobs=batch.ref_logprobs, kl_coef=g.kl_coef,
+                kl_estimator=g.kl_estimator, is_weights=is_weights, num_tokens=tokens, num_seqs=seqs,
+                max_len=self.cfg.rollout.max_tokens,
+            )
+            # DeepSpeed averages gradients over ranks; the loss is already normalised by global counts.
+            self.engine.backward(loss * (self.world_size * batch.weight), scale_wrt_gas=False)
+            stats["entropy"] = entropy.mean() if entropy is not None and entropy.numel() else 0.0
+            n = float(batch.mask.sum()) * batch.weight
+            metrics.add({k: (v if batch.weight else 0.0) for k, v in stats.items()}, n)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def _fill(self, samples: list[TrainSample], field: str, reference: bool) -> None:
+        # Collective: a rank that has nothing missing still runs the passes other ranks need.
+        missing = [i for i, s in enumerate(samples) if getattr(s, field) is None]
+        if not self._max_over_ranks(len(missing)):
+            return
+        todo = [samples[i] for i in missing] or samples[:1]
+        values = self.compute_logprobs(todo, reference=reference)
+        for i, v in zip(missing, values, strict=False):
+            samples[i] = _replace(samples[i], **{field: v})
+
+    # ---------------------------------------------------------------- weights out and in
+
+    def named_parameters_for_sync(self, bucket_mb: int) -> Iterator[list[tuple[str, Tensor]]]:
+        """Full (gathered) weights under their HF names, bucket by bucket of about `bucket_mb` MiB.
+
+        Collective under ZeRO-3: every rank iterates; the tensors are valid until the next bucket is
+        requested (the weight-sync transport sends or copies them before asking for more)."""
+        import deepspeed
+
+        limit = bucket_mb * 1024**2
+        named = list(self.policy.named_parameters())
+        bucket: list[tuple[str, nn.Parameter]] = []
+        size = 0
+        for i, (name, p) in enumerate(named):
+            numel = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+            bucket.append((name, p))
+            size += numel * p.element_size()
+            if size >= limit or i == len(named) - 1:
+                with deepspeed.zero.GatheredParameters([q for _, q in bucket], modifier_rank=None,
+                                                       enabled=self.cfg.learner.zero_stage == 3):
+                    yield [(n, q.data) for n, q in bucket]
+                bucket, size = [], 0
+
+    def weight_metas(self) -> list[TensorMeta]:
+        """WeightSource: names, full (unpartitioned) shapes and dtypes of the policy's parameters."""
+        return [TensorMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                for n, p in self.policy.named_parameters()]
+
+    def iter_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """WeightSource: full weights one by one, gathered bucket by bucket (collective on all ranks)."""
+        for bucket in self.named_parameters_for_sync(self.cfg.weight_sync.bucket_mb):
+            yield from bucket
+
+    def full_state_dict(self) -> dict[str, Tensor] | None:
+        """The policy's full weights on rank 0 (None on the others); collective."""
+        out: dict[str, Tensor] = {}
+        for bucket in self.named_parameters_for_sync(self.cfg.weight_sync.bucket_mb):
+            if self.rank == 0:
+                out.update((n, t.detach().to("cpu", copy=True)) for n, t in bucket)
+        return out if self.rank == 0 else None
+
+    def save(self, path: str) -> str:
+        """HF weights (safetensors, loadable by transformers and vLLM) + processor files at `path`,
+        DeepSpeed's optimizer / scheduler / fp32 shards under `path`/deepspeed. Written to a temporary
+        sibling, then renamed: a crash never leaves a half checkpoint at `path`."""
+        import torch.distributed as dist
+
+        final = Path(path)
+        tmp = final.with_name(f".{final.name}.tmp")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        state = self.full_state_dict()
+        if self.rank == 0:
+            self.policy.save_pretrained(tmp, state_dict=state)
+            for pattern in PROCESSOR_FILES:
+                for src in Path(self.cfg.model.path).glob(pattern):
+                    shutil.copy2(src, tmp / src.name)
+        self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG)
+        dist.barrier()
+        if self.rank == 0:
+            old = final.with_name(f".{final.name}.old")
+            if final.exists():
+                os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        return str(final)
+
+    def load(self, path: str) -> None:
+        """Weights, optimizer and scheduler state from `save(path)` (same number of learners)."""
+        load_path, _ = self.engine.load_checkpoint(str(Path(path) / "deepspeed"), tag=DS_TAG,
+                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"{path}: no DeepSpeed state under {Path(path) / 'deepspeed'}")
+
+
+def _replace(sample: TrainSample, **changes: Any) -> TrainSample:
+    from dataclasses import replace
+
+    return replace(sample, **changes)
+
+
+def _without_sampling(sample: TrainSample) -> TrainSample:
+    return sample if sample.sampling_logprobs is None else _replace(sample, sampling_logprobs=None)
+
+
+def _pad_rows(flat: Tensor, lengths: list[int], width: int) -> Tensor:  # [M] -> [b, width], zero-padded
+    rows = flat.split(lengths)
+    return torch.stack([torch.nn.functional.pad(r, (0, width - r.numel())) for r in rows])
+
+
+class LearnerError(RuntimeError):
+    """A learner died, hung past the timeout, or failed; the message names it and the phase."""
+
+
+class LearnerGroup:
+    """L `Learner` actors forming one process group. Plain class held by the driver: handles only.
+
+    Batches are split so that every learner takes its piece of every global mini-batch
+    (`shard_for_learners`); answers come back in the caller's sample order."""
+
+    def __init__(self, cfg: Config, num_learners: int | None = None, name_prefix: str = "learner",
+                 actor_options: dict[str, Any] | None = None):
+        import ray
+
+        self.cfg = cfg
+        self.num_learners = num_learners or cfg.learner.num_learners
+        self.timeout_s = cfg.cluster.call_timeout_s
+        platform = get_platform(cfg.cluster.platform)
+        options = {"num_cpus": cfg.learner.cpus_per_learner, "num_gpus": 1 if platform.has_accelerator else 0,
+                   "runtime_env": {"env_vars": platform.actor_env()}, **(actor_options or {})}
+        self.names = [f"{name_prefix}-{rank}" for rank in range(self.num_learners)]
+        self.actors = [ray.remote(Learner).options(name=name, **options).remote(cfg, rank, self.num_learners)
+                       for rank, name in enumerate(self.names)]
+        try:
+            addr, port = self._call("master_address", [self.actors[0].master_address.remote()], self.names[:1])[0]
+            self.info = self._call("setup", [a.setup.remote(addr, port) for a in self.actors])
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def compute_logprobs(self, samples: Sequence[TrainSample], reference: bool = False) -> list[list[float]]:
+        shards = shard_for_learners(len(samples), self.num_learners, 1)
+        parts = self._call("compute_logprobs", [a.compute_logprobs.remote([samples[i] for i in idx], reference)
+                                                for a, (idx, _) in zip(self.actors, shards, strict=True)])
+        out: list[list[float]] = [[] for _ in samples]
+        for (idx, _), values in zip(shards, parts, strict=True):
+            for i, v in zip(idx, values, strict=True):
+                out[i] = v
+        return out
+
+    def update(self, samples: Sequence[TrainSample]) -> dict[str, float]:
+        """One GRPO update on the whole batch; metrics (identical on every rank) from rank 0."""
+        shards = shard_for_learners(len(samples), self.num_learners, self.cfg.grpo.num_mini_batches)
+        return self._call("update", [a.update.remote([samples[i] for i in idx], sizes)
+                                     for a, (idx, sizes) in zip(self.actors, shards, strict=True)])[0]
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        return self._call("full_state_dict", [a.full_state_dict.remote() for a in self.actors])[0]
+
+    def save(self, path: str | Path) -> str:
+        return self._call("save", [a.save.remote(str(path)) for a in self.actors])[0]
+
+    def load(self, path: str | Path) -> None:
+        self._call("load", [a.load.remote(str(path)) for a in self.actors])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def _call(self, phase: str, refs: list[Any], names: list[str] | None = None) -> list[Any]:
+        """ray.get with the configured timeout; a dead, hung or failing learner is named.
+
+        Answers are taken as they come, so the first failure is reported at once rather than after
+        the timeout (its peers are then stuck in a collective: shut the group down)."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        names = names or self.names
+        deadline = time.monotonic() + self.timeout_s
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                late = [names[refs.index(r)] for r in pending]
+                raise LearnerError(f"{', '.join(late)}: no answer to {phase} within {self.timeout_s:.0f} s")
+            name = names[refs.index(ready[0])]
+            try:
+                ray.get(ready[0])
+            except RayActorError as exc:
+                raise LearnerError(f"{name} died during {phase}: {exc}") from exc
+            except (RayTaskError, GetTimeoutError) as exc:
+                raise LearnerError(f"{name} failed during {phase}: {exc}") from exc
+        return ray.get(refs)

@@ -1,0 +1,269 @@
+"""The GRPO step loop, on the driver. It holds actor handles only (no model): each step
+
+    prompts -> rollouts (RolloutPool, G per prompt) -> rewards (reward service) -> advantages and the
+    dynamic-sampling filter (rl/grpo.py; refill from the next prompts, bounded) -> learner update
+    (LearnerGroup, DeepSpeed) -> weight sync (every engine holds the new version) -> metrics -> checkpoint.
+
+Held-out metrics (greedy answers on the val split) are printed before the first and after the last step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actors.learner import LearnerGroup
+from actors.learner_batch import TrainSample
+from actors.reward import RewardPool
+from actors.rollout import RolloutPool
+from actors.weight_sync import WeightSync
+from rl import checkpoint
+from rl.config import Config
+from rl.data import GroundingRow, PromptOrder, load_split
+from rl.evaluate import evaluate_rows
+from rl.grpo import dynamic_sampling_mask, group_advantages
+from rl.platform import get_platform
+
+EVAL_ROWS = 64
+
+
+@dataclass
+class Collected:
+    """What a step trains on: kept groups' samples, their rewards, and what was dropped on the way."""
+
+    samples: list[TrainSample] = field(default_factory=list)
+    rewards: dict[str, list[float]] = field(default_factory=dict)  # component -> per kept sample
+    rows: list[GroundingRow] = field(default_factory=list)  # per kept sample
+    texts: list[str] = field(default_factory=list)  # per kept sample
+    groups_seen: int = 0
+    groups_dropped: int = 0  # zero reward variance (dynamic sampling)
+    failed_rows: int = 0  # bad image, prompt too long
+    rounds: int = 0
+    response_tokens: int = 0
+    truncated: int = 0  # responses cut at rollout.max_tokens
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: Config):
+        self.cfg, g = cfg, cfg.grpo
+        self.platform = get_platform(cfg.cluster.platform)
+        root = Path(cfg.data.path)
+        self.rows = load_split(root / f"{cfg.data.split}.jsonl", frame=cfg.data.coord_frame,
+                               on_error=cfg.data.on_error).rows
+        self.val_rows = load_split(root / "val.jsonl", frame=cfg.data.coord_frame,
+                                   on_error=cfg.data.on_error).rows[:EVAL_ROWS]
+        self.order = PromptOrder(len(self.rows), cfg.seed)
+        self.step, self.version = 0, 0
+        timeout = cfg.cluster.call_timeout_s
+        self.learners = LearnerGroup(cfg)
+        self.pool = RolloutPool(cfg.model, cfg.rollout, self.platform.name, timeout_s=timeout)
+        self.rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout)
+        self.sync = WeightSync(self.learners.actors[0], self.learners.names[0], self.pool, cfg.weight_sync.bucket_mb,
+                               cfg.weight_sync.timeout_s, self.platform, host=cfg.cluster.host,
+                               peers=list(zip(self.learners.names[1:], self.learners.actors[1:], strict=True)))
+        self._resume()
+        # The engines start from model.path; after a resume the learners hold newer weights.
+        self.sync.sync(self.version)
+        self.group_size = g.group_size
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, log: Any = print) -> dict[str, dict[str, float]]:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        writer = SummaryWriter(self.cfg.logging.dir)
+        before = evaluate_rows(self.pool, self.val_rows, self.cfg.rewards)
+        log(_table("held-out before GRPO", before))
+        bar = tqdm(total=self.cfg.grpo.num_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
+        while self.step < self.cfg.grpo.num_steps:
+            metrics = self.train_step()
+            self.step += 1
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, self.step)
+            if self.cfg.logging.image_every and self.step % self.cfg.logging.image_every == 0:
+                self._log_images(writer)
+            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}")
+            bar.update(1)
+            if self.step % self.cfg.logging.log_every == 0:
+                bar.write(_line(self.step, metrics))
+            if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0:
+                self.save()
+        bar.close()
+        if not self.cfg.checkpoint.every or self.step % self.cfg.checkpoint.every:
+            self.save()
+        after = evaluate_rows(self.pool, self.val_rows, self.cfg.rewards)
+        for key, value in after.items():
+            writer.add_scalar(f"eval/{key}", value, self.step)
+        writer.close()
+        log(_table("held-out after GRPO", after, before))
+        return {"before": before, "after": after}
+
+    def train_step(self) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        batch = self.collect(timings)
+        mark = time.perf_counter()
+        learner = self.learners.update(batch.samples) if batch.samples else {}
+        timings["update"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        self.version += 1
+        sync = self.sync.sync(self.version)
+        timings["sync"] = time.perf_counter() - mark
+        total = time.perf_counter() - start
+        return self._metrics(batch, learner, timings, total, sync.gb_per_s)
+
+    # ------------------------------------------------------------------ one step's data
+
+    def collect(self, timings: dict[str, float]) -> Collected:
+        """Sample G answers for the next prompts, score them, keep groups with reward variance (DAPO
+        dynamic sampling), and refill from the following prompts until `prompts_per_step` groups are
+        kept or `max_refill_rounds` extra rounds are spent."""
+        g, out = self.cfg.grpo, Collected()
+        timings.setdefault("rollout", 0.0)
+        timings.setdefault("reward", 0.0)
+        kept = 0
+        while kept < g.prompts_per_step and out.rounds <= g.max_refill_rounds:
+            rows = [self.rows[i] for i in self.order.take(g.prompts_per_step - kept)]
+            mark = time.perf_counter()
+            results, _ = self.pool.generate(rows, n=g.group_size)
+            timings["rollout"] += time.perf_counter() - mark
+            stale = [r.index for r in results if not r.error and r.policy_version != self.version]
+            if stale:  # on-policy: never train on samples of an older policy
+                raise RuntimeError(f"rollouts of prompts {stale[:5]} came from a stale policy version")
+            ok = [r for r in results if r.error is None]
+            out.failed_rows += len(results) - len(ok)
+            out.rounds += 1
+            if not ok:
+                continue
+            samples = [s for r in ok for s in r.samples]
+            mark = time.perf_counter()
+            references = [rows[r.index].answer for r in ok for _ in r.samples]
+            scores = self.rewards.score([s.text for s in samples], references,
+                                        [len(s.response_ids) for s in samples]).values
+            timings["reward"] += time.perf_counter() - mark
+            total = torch.as_tensor(scores["total"], dtype=torch.float32)  # [n*G]
+            advantages = group_advantages(total, g.group_size, g.adv_std)  # [n*G]
+            keep = (dynamic_sampling_mask(total, g.group_size)[0] if g.dynamic_sampling
+                    else torch.ones(len(ok), dtype=torch.bool))
+            out.groups_seen += len(ok)
+            for gi, result in enumerate(ok):
+                if not keep[gi] or kept == g.prompts_per_step:
+                    out.groups_dropped += int(not keep[gi])
+                    continue
+                kept += 1
+                for j, sample in enumerate(result.samples):
+                    k = gi * g.group_size + j
+                    out.samples.append(TrainSample(
+                        prompt_ids=result.prompt_ids, response_ids=sample.response_ids,
+                        image=str(rows[result.index].image), advantage=float(advantages[k]),
+                        sampling_logprobs=sample.logprobs))
+                    for key, values in scores.items():
+                        out.rewards.setdefault(key, []).append(float(values[k]))
+                    out.rows.append(rows[result.index])
+                    out.texts.append(sample.text)
+                    out.response_tokens += len(sample.response_ids)
+                    out.truncated += sample.finish_reason == "length"
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self) -> Path:
+        state = {"step": self.step, "version": self.version, "data": self.order.state(),
+                 "config": self.cfg.to_dict()}
+        return checkpoint.save(self.cfg.checkpoint.dir, self.step, self.learners.save, state,
+                               self.cfg.checkpoint.keep_last)
+
+    def _resume(self) -> None:
+        path = checkpoint.resolve_resume(self.cfg.checkpoint.dir, self.cfg.checkpoint.resume)
+        if path is None:
+            return
+        state = checkpoint.load_state(path)
+        self.learners.load(path / "model")
+        self.step, self.version = state["step"], state["version"]
+        self.order = PromptOrder(len(self.rows), self.cfg.seed, **state["data"])
+        print(f"resumed from {path} at step {self.step}")
+
+    def shutdown(self) -> None:
+        for part in (self.pool, self.learners, self.rewards):
+            part.shutdown()
+
+    # ------------------------------------------------------------------ metrics
+
+    def _metrics(self, batch: Collected, learner: dict[str, float], timings: dict[str, float], total: float,
+                 sync_gbps: float) -> dict[str, float]:
+        out = {f"reward/{k}/mean": float(np.mean(v)) for k, v in batch.rewards.items()}
+        out |= {f"reward/{k}/std": float(np.std(v)) for k, v in batch.rewards.items()}
+        adv = np.array([s.advantage for s in batch.samples]) if batch.samples else np.zeros(1)
+        out |= {"advantage/mean": float(adv.mean()), "advantage/std": float(adv.std()),
+                "advantage/abs_max": float(np.abs(adv).max()),
+                "batch/dropped_group_frac": batch.groups_dropped / max(batch.groups_seen, 1),
+                "batch/failed_rows": float(batch.failed_rows), "batch/refill_rounds": float(batch.rounds - 1),
+                "batch/sequences": float(len(batch.samples)),
+                "response/length_mean": batch.response_tokens / max(len(batch.samples), 1),
+                "response/truncated_frac": batch.truncated / max(len(batch.samples), 1),
+                "policy/version": float(self.version), "policy/version_lag": 0.0,
+                "time/step": total, "time/sync_gb_per_s": sync_gbps,
+                "throughput/response_tokens_per_s": batch.response_tokens / total}
+        out |= {f"time/{k}": v for k, v in timings.items()}
+        out |= {f"learner/{k}": v for k, v in learner.items()}
+        out.setdefault("reward/total/mean", 0.0)
+        return out
+
+    def _log_images(self, writer: Any) -> None:
+        from rl.visualize import prediction_grid
+
+        rows = self.val_rows[:8]
+        results, _ = self.pool.generate(rows, n=1, greedy=True)
+        texts = [r.samples[0].text if r.samples else "" for r in results]
+        image = prediction_grid([r.image for r in rows], texts, [r.answer for r in rows], self.cfg.data.coord_frame)
+        writer.add_image("predictions", np.asarray(image), self.step, dataformats="HWC")
+
+
+def _line(step: int, m: dict[str, float]) -> str:
+    return (f"step {step:4d} | reward {m['reward/total/mean']:.3f} (giou {m.get('reward/giou/mean', 0):.3f}, "
+            f"label {m.get('reward/label_accuracy/mean', 0):.3f}) | kl {m.get('learner/approx_kl', 0):.4f} | "
+            f"clip {m.get('learner/clipfrac', 0):.3f} | len {m['response/length_mean']:.1f} | "
+            f"dropped {m['batch/dropped_group_frac']:.2f} | {m['time/step']:.1f}s")
+
+
+def _table(title: str, metrics: dict[str, float], before: dict[str, float] | None = None) -> str:
+    keys = ["total_reward", "mean_iou_matched", "label_accuracy", "format_valid"]
+    lines = [f"{title}:"]
+    for k in keys:
+        delta = f"  ({metrics[k] - before[k]:+.3f})" if before else ""
+        lines.append(f"  {k:18s} {metrics[k]:.3f}{delta}")
+    return "\n".join(lines)
+
+
+def write_summary(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+
+
+def run_grpo(cfg: Config) -> None:
+    """The `grpo` stage: validate the layout against the cluster, train, save, report."""
+    import ray
+
+    from actors.placement import cluster_nodes, validate
+    from rl.cluster import connect
+
+    platform = get_platform(cfg.cluster.platform)
+    started = connect(cfg, platform)
+    try:
+        validate(cfg, platform, cluster_nodes())  # before any actor starts
+        trainer = GRPOTrainer(cfg)
+        try:
+            result = trainer.run()
+        finally:
+            trainer.shutdown()
+        write_summary(Path(cfg.logging.dir) / "summary.json", result)
+    finally:
+        if started:
+            ray.shutdown()
