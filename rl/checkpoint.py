@@ -55,7 +55,8 @@ def complete(root: str | Path) -> list[Path]:
         if path.is_dir() and verify(path):
             found.append(path)
         else:
-            warnings.warn(f"ignoring incomplete checkpoint {path} (no valid {MANIFEST})", stacklevel=2)
+            warnings.warn(f"ignoring incomplete checkpoint {path} ({MANIFEST} missing or not matching its files)",
+                          stacklevel=2)
     return found
 
 
@@ -85,7 +86,8 @@ def resolve_resume(root: str | Path, resume: str) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not verify(path):
-        raise FileNotFoundError(f"checkpoint.resume={resume}: not a complete checkpoint (no valid {MANIFEST})")
+        raise FileNotFoundError(f"checkpoint.resume={resume}: not a complete checkpoint "
+                                f"({MANIFEST} missing or not matching its files)")
     return path
 
 

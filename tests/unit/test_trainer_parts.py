@@ -1,0 +1,88 @@
+"""Driver-side pieces without engines: checkpoints, prompt order, placement checks, held-out metrics,
+prediction drawings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from actors.placement import PlacementError, layout, validate
+from rl import checkpoint
+from rl.config import load_config
+from rl.data import PromptOrder
+from rl.evaluate import grounding_metrics, matched_ious
+from rl.platform import get_platform
+from rl.visualize import PREDICTION, REFERENCE, draw
+
+
+def _write_model(path):
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"weights")
+
+
+def test_checkpoint_is_complete_only_with_its_manifest_and_keeps_the_last_k(tmp_path):
+    for step in (2, 4, 6):
+        checkpoint.save(tmp_path, step, _write_model, {"step": step}, keep_last=2)
+    assert [p.name for p in checkpoint.complete(tmp_path)] == ["step-000004", "step-000006"]
+    assert checkpoint.load_state(checkpoint.resolve_resume(tmp_path, "auto")) == {"step": 6}
+    assert checkpoint.verify(tmp_path / "step-000006", deep=True)
+    assert not list(tmp_path.glob(".*"))  # no temporary directories left
+
+
+def test_a_half_written_checkpoint_is_ignored_and_named(tmp_path):
+    checkpoint.save(tmp_path, 1, _write_model, {"step": 1}, keep_last=3)
+    broken = checkpoint.step_dir(tmp_path, 2)  # crashed before its manifest
+    _write_model(broken / "model")
+    truncated = checkpoint.save(tmp_path, 3, _write_model, {"step": 3}, keep_last=3)
+    (truncated / "model" / "model.safetensors").write_bytes(b"w")  # size no longer matches the manifest
+    with pytest.warns(UserWarning, match="ignoring incomplete checkpoint .*step-000002"):
+        assert checkpoint.resolve_resume(tmp_path, "auto") == checkpoint.step_dir(tmp_path, 1)
+    assert checkpoint.resolve_resume(tmp_path, "never") is None
+    with pytest.raises(FileNotFoundError, match="checkpoint.resume=.*step-000002: not a complete checkpoint"):
+        checkpoint.resolve_resume(tmp_path, str(broken))
+
+
+def test_prompt_order_is_seeded_covers_each_epoch_and_resumes_exactly():
+    order = PromptOrder(5, seed=3)
+    first = order.take(3) + order.take(3)  # crosses into epoch 1
+    assert sorted(first[:5]) == [0, 1, 2, 3, 4] and order.state() == {"epoch": 1, "cursor": 1}
+    resumed = PromptOrder(5, seed=3, **order.state())
+    assert resumed.take(7) == order.take(7)
+    assert PromptOrder(5, seed=3).take(6) == first
+    assert PromptOrder(5, seed=4).take(5) != first[:5]
+
+
+def test_layout_arithmetic_and_shortfalls_name_the_keys():
+    cfg = load_config(overrides=["learner.num_learners=4", "learner.micro_batch_size=2", "rollout.num_workers=2",
+                                 "rollout.tensor_parallel_size=2", "cluster.reward_workers=2"])
+    gpu = get_platform("cuda")
+    # 4 learners x 1 GPU + 2 engines x TP 2 = 8 GPUs; CPUs: 4 x 1 + 2 x 1 + 2 reward actors = 8.
+    assert layout(cfg, gpu).total() == {"CPU": 8.0, "GPU": 8.0}
+    validate(cfg, gpu, [{"CPU": 16, "GPU": 8}])
+    with pytest.raises(PlacementError, match=r"8 GPU needed, the cluster has 4.*learner.num_learners=4"):
+        validate(cfg, gpu, [{"CPU": 16, "GPU": 4}])
+    with pytest.raises(PlacementError, match=r"rollout.tensor_parallel_size=2 does not fit one node"):
+        validate(cfg, gpu, [{"CPU": 8, "GPU": 1}] * 8)
+    assert layout(cfg, get_platform("cpu")).total() == {"CPU": 8.0}
+
+
+def test_grounding_metrics_worked_by_hand():
+    reference = "Mass <box>[[0, 0, 10, 10], [20, 20, 30, 30]]</box>"
+    # One box exact (IoU 1), one shifted by 5 in x: IoU = 50 / 150 = 1/3.
+    good = "Mass <box>[[0, 0, 10, 10], [25, 20, 35, 30]]</box>"
+    assert matched_ious(good, reference) == pytest.approx([1.0, 1 / 3])
+    m = grounding_metrics([good, "nonsense"], [reference, reference])
+    assert m["mean_iou_matched"] == pytest.approx((1 + 1 / 3) / 2)
+    assert m["format_valid"] == 0.5 and m["label_accuracy"] == 0.5
+    assert m["total_reward"] == pytest.approx(m["reward/total"])
+
+
+def test_drawing_puts_reference_and_prediction_boxes_on_the_image():
+    image = Image.new("RGB", (100, 100), (0, 0, 0))
+    out = np.asarray(draw(image, "A <box>[[100, 100, 500, 500]]</box>", "A <box>[[600, 600, 900, 900]]</box>",
+                          frame=1000, scale=2))
+    assert out.shape == (200, 200, 3)
+    assert tuple(out[20, 60]) == PREDICTION  # top edge of the predicted box at y = 0.1 x 200
+    assert tuple(out[120, 150]) == REFERENCE  # top edge of the reference box at y = 0.6 x 200
+    assert tuple(out[199, 0]) == (0, 0, 0)
