@@ -187,9 +187,15 @@ class RolloutWorker:
         return self.version
 
     def generate(self, rows: Sequence[GroundingRow], indices: Sequence[int], n: int, greedy: bool = False,
-                 max_tokens: int | None = None) -> tuple[list[PromptResult], WorkerStats]:
-        """n samples for each row (1 when greedy); results carry the caller's `indices`."""
+                 max_tokens: int | None = None, seed: int | None = None) -> tuple[list[PromptResult], WorkerStats]:
+        """n samples for each row (1 when greedy); results carry the caller's `indices`. `seed` reseeds
+        the engine's sampling first, making the samples a function of (seed, rows)."""
         start = time.perf_counter()
+        if seed is not None:
+            # Cached prefixes from earlier calls (e.g. an evaluation) change the prefill's float order and
+            # so, rarely, a sampled token: start from an empty cache to make (seed, rows) fix the samples.
+            self.engine.reset_prefix_cache()
+            self.engine.collective_rpc("reseed", args=(seed,))
         max_tokens = max_tokens or self.rollout.max_tokens
         results = [PromptResult(index=i, policy_version=self.version) for i in indices]
         inputs, ready = [], []
@@ -322,13 +328,16 @@ class RolloutPool:
         self.workers[index] = self._start(index)
         self._call("start", [self.workers[index].ping.remote()], [self.names[index]])
 
-    def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False,
-                 max_tokens: int | None = None) -> tuple[list[PromptResult], list[WorkerStats]]:
-        """n samples for every row; results in the order of `rows`, one stats record per worker."""
+    def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False, max_tokens: int | None = None,
+                 seed: int | None = None) -> tuple[list[PromptResult], list[WorkerStats]]:
+        """n samples for every row; results in the order of `rows`, one stats record per worker.
+        With `seed`, worker i samples with seed + i: the same (seed, rows) give the same samples."""
         chunks = balanced_chunks(len(rows), len(self.workers))
-        busy = [(w, name, idx) for w, name, idx in zip(self.workers, self.names, chunks, strict=True) if idx]
-        calls = [w.generate.remote([rows[i] for i in idx], idx, n, greedy, max_tokens) for w, _, idx in busy]
-        outputs = self._call("generate", calls, [name for _, name, _ in busy])
+        busy = [(i, w, name, idx) for i, (w, name, idx) in enumerate(zip(self.workers, self.names, chunks, strict=True))
+                if idx]
+        calls = [w.generate.remote([rows[j] for j in idx], idx, n, greedy, max_tokens,
+                                   None if seed is None else seed + i) for i, w, _, idx in busy]
+        outputs = self._call("generate", calls, [name for _, _, name, _ in busy])
         results = sorted((r for res, _ in outputs for r in res), key=lambda r: r.index)
         return results, [stats for _, stats in outputs]
 

@@ -12,7 +12,8 @@ IPC, neither of which runs on CPU, where every test of ours runs; a torch proces
 code path whose backend is the only platform difference, tested here on gloo.
 
 `WeightReceiver` is a vLLM worker extension (`worker_extension_cls`): its methods run inside the
-engine's worker processes through `LLM.collective_rpc`. `WeightSender` runs in learner rank 0.
+engine's worker processes through `LLM.collective_rpc` (it also reseeds their sampling RNG, the one
+other thing the driver needs inside them). `WeightSender` runs in learner rank 0.
 """
 
 from __future__ import annotations
@@ -180,6 +181,18 @@ class WeightReceiver:
             sums.update(checksum(named))
             self.model_runner.reload_weights(weights_iterator=iter(named))
         return sums
+
+    def reseed(self, seed: int) -> None:
+        """Seed the worker's sampling RNG (unseeded requests draw from torch's default generator), so a
+        step's rollouts depend on (seed, step), not on what the engine sampled before: a resumed or
+        restarted engine draws exactly what the original would have."""
+        import random
+
+        import numpy as np
+
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
 
     def receive_raw(self, sizes: list[int]) -> int:
         """Baseline for benchmarks: receive buffers of these byte sizes and drop them (no load)."""

@@ -132,7 +132,9 @@ class GRPOTrainer:
         while kept < g.prompts_per_step and out.rounds <= g.max_refill_rounds:
             rows = [self.rows[i] for i in self.order.take(g.prompts_per_step - kept)]
             mark = time.perf_counter()
-            results, _ = self.pool.generate(rows, n=g.group_size)
+            # Seeded by (run seed, step, round): a resumed or restarted run samples exactly the same.
+            seed = (self.cfg.rollout.seed * 1_000_003 + self.step * 101 + out.rounds) * 64
+            results, _ = self.pool.generate(rows, n=g.group_size, seed=seed)
             timings["rollout"] += time.perf_counter() - mark
             stale = [r.index for r in results if not r.error and r.policy_version != self.version]
             if stale:  # on-policy: never train on samples of an older policy
