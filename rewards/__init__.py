@@ -4,10 +4,11 @@ Pure functions on strings and numpy arrays (numpy and scipy only: no torch, no R
 unit-tested alone and run unchanged inside the Ray reward actors. The contract is docs/rewards.md.
 """
 
+from rewards.batch import parse_answer
 from rewards.config import COMPONENTS, KEYS, RewardConfig
 from rewards.geometry import giou_matrix, iou_matrix
-from rewards.parse import parse_answer
-from rewards.score import clear_reference_cache, score, score_batch
+from rewards.references import clear_reference_cache
+from rewards.score import score, score_batch
 
 __all__ = [
     "COMPONENTS",

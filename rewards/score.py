@@ -1,61 +1,32 @@
 """`score` and `score_batch`: every component and the weighted total.
 
-`score_batch` is the trainer's hot path: the completions are parsed in one pass (Python only slices
-strings), each distinct reference is parsed once and cached across calls (a GRPO batch repeats every
-reference group-size times, and epochs repeat them again), and the geometry is vectorised over the
-whole batch.
+`score_batch` is the trainer's hot path: the completions are parsed in one batched pass, each distinct
+reference is parsed once and cached across calls (a GRPO batch repeats every reference group-size
+times, and epochs repeat them again), and the geometry is vectorised over the whole batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from rewards import components
-from rewards.config import COMPONENTS, RewardConfig, resolve_extra
-from rewards.parse import parse_batch
+from rewards.batch import parse_batch
+from rewards.components import FlatBoxes
+from rewards.config import RewardConfig, resolve_extra
+from rewards.references import reference_batch
 
 _DEFAULT = RewardConfig()
-_CACHE_LIMIT = 200_000  # references kept; the cache is simply dropped when full
-
-
-@dataclass(frozen=True)
-class _Reference:
-    labels: frozenset[str]
-    boxes: np.ndarray  # (K, 4) valid boxes
-    n_blocks: int
-
-
-_REFERENCES: dict[str, _Reference] = {}
-
-
-def clear_reference_cache() -> None:
-    """Forget cached reference parses (benchmarks time cold parses with it)."""
-    _REFERENCES.clear()
-
-
-def _parse_references(texts: list[str]) -> list[_Reference]:
-    """Parse of each distinct reference text, from the cache or one batched parse of the misses."""
-    missing = [t for t in texts if t not in _REFERENCES]
-    if missing:
-        if len(_REFERENCES) + len(missing) > _CACHE_LIMIT:
-            _REFERENCES.clear()
-        parsed = parse_batch(missing)
-        start = parsed.box_start
-        for s, text in enumerate(missing):
-            boxes = parsed.boxes[start[s] : start[s] + parsed.box_count[s]].copy()
-            _REFERENCES[text] = _Reference(frozenset(parsed.labels[s]), boxes, int(parsed.n_blocks[s]))
-    return [_REFERENCES[t] for t in texts]
 
 
 def _check_texts(name: str, texts: Sequence[str]) -> list[str]:
     out = list(texts)
-    for k, text in enumerate(out):
-        if not isinstance(text, str):
-            raise TypeError(f"{name}[{k}] must be str, got {type(text).__name__}")
+    if not all(map(isinstance, out, repeat(str))):
+        k = next(k for k, text in enumerate(out) if not isinstance(text, str))
+        raise TypeError(f"{name}[{k}] must be str, got {type(out[k]).__name__}")
     return out
 
 
@@ -74,7 +45,7 @@ def score_batch(
     config: RewardConfig | None = None,
     lengths: ArrayLike | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every component (and extras) per sample as float64 arrays, plus their weighted `total`."""
+    """Every component (and extra reward) per sample as float64 arrays, plus the weighted `total`."""
     config = config or _DEFAULT
     completions = _check_texts("completions", completions)
     references = _check_texts("references", references)
@@ -83,26 +54,17 @@ def score_batch(
     size = len(completions)
     lengths_arr = _check_lengths(lengths, size)
 
-    distinct: dict[str, int] = {}
-    ref_index = np.fromiter((distinct.setdefault(r, len(distinct)) for r in references), np.int64, size)
-    refs = _parse_references(list(distinct))
-    ref_boxes = np.concatenate([r.boxes for r in refs]) if refs else np.zeros((0, 4))
-    ref_count_u = np.fromiter((len(r.boxes) for r in refs), np.int64, len(refs))
-    ref_start = (np.cumsum(ref_count_u) - ref_count_u)[ref_index]
-    ref_count = ref_count_u[ref_index]
-    ref_blocks = np.fromiter((r.n_blocks for r in refs), np.int64, len(refs))[ref_index]
-
-    pred = parse_batch(completions)
-    pred_start = pred.box_start
+    vocab: dict[str, int] = {}  # label ids shared by completions and references
+    ref = reference_batch(references, vocab)
+    pred = parse_batch(completions, vocab)
+    pred_boxes = FlatBoxes.build(pred.boxes, pred.box_start, pred.box_count)
     out = {
-        "label_accuracy": components.label_accuracy(pred.labels, [refs[i].labels for i in ref_index]),
-        "giou": components.giou_reward(
-            pred.boxes, pred_start, pred.box_count, ref_boxes, ref_start, ref_count, config.max_boxes
+        "label_accuracy": components.label_accuracy(
+            pred.block_sample, pred.block_label, ref.labels, ref.label_count, len(vocab)
         ),
-        "tag_count": components.tag_count(ref_blocks, pred.n_blocks, pred.n_open, pred.n_close, pred.blocks_ok),
-        "overlap_penalty": components.overlap_penalty(
-            pred.boxes, pred_start, pred.box_count, config.overlap_threshold, config.max_boxes
-        ),
+        "giou": components.giou_reward(pred_boxes, ref.boxes, config.max_boxes),
+        "tag_count": components.tag_count(ref.n_blocks, pred.n_blocks, pred.n_open, pred.n_close, pred.blocks_ok),
+        "overlap_penalty": components.overlap_penalty(pred_boxes, config.overlap_threshold, config.max_boxes),
         "overlong_penalty": components.overlong_penalty(
             lengths_arr, config.overlong_max_tokens, config.overlong_buffer, size
         ),
@@ -131,6 +93,3 @@ def score(
     """`score_batch` of one sample, as plain floats. `length` (tokens) feeds the overlong penalty."""
     batch = score_batch([completion], [reference], config, None if length is None else [length])
     return {key: float(values[0]) for key, values in batch.items()}
-
-
-__all__ = ["COMPONENTS", "clear_reference_cache", "score", "score_batch"]

@@ -16,6 +16,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "rewards": ("rl.bench_rewards", "score_batch vs a per-sample pure-Python reward, 20,000 completions"),
     "sync": ("rl.bench_sync", "weight sync into R vLLM engines vs a raw broadcast of the same bytes"),
     "rollout": ("rl.bench_rollout", "RolloutWorker over Ray vs vllm.LLM.generate in-process, tokens/s"),
+    "learner": ("rl.bench_learner", "GRPO update through Ray learner actors (DeepSpeed) vs a plain PyTorch loop"),
 }
 
 

@@ -3,7 +3,8 @@
 It reads like the contract: the regexes it quotes, `json.loads`, textbook IoU from areas, and a
 textbook Hungarian algorithm. It is the baseline of `python -m rl.bench rewards` and the oracle the
 tests cross-check `rewards.score_batch` against. It is not hardened against hostile input (the lazy
-regex is quadratic on `"<box>" * n`): use it on realistic text only.
+regex is quadratic on `"<box>" * n`, and coordinates near 1e154 overflow its areas, which raises
+OracleDomainError): use it on realistic text.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 BLOCK_RE = re.compile(r"<box>(.*?)</box>", re.S)
 TAG_RE = re.compile(r"</?box>")
 Box = tuple[float, float, float, float]
+DEFAULT = RewardConfig()
 
 
 def region(text: str) -> str:
@@ -101,8 +103,14 @@ def giou(a: Box, b: Box) -> float:
     return inter / union - (enclosing - union) / enclosing
 
 
+class OracleDomainError(ValueError):
+    """The input is outside what this textbook implementation computes (float overflow)."""
+
+
 def hungarian_max(weights: list[list[float]]) -> float:
     """Maximum sum of a one-to-one matching of min(n, m) pairs (Kuhn-Munkres with potentials)."""
+    if not math.isfinite(sum(map(sum, weights))):
+        raise OracleDomainError("non-finite weights (coordinates overflow the textbook formulas)")
     if len(weights) > len(weights[0]):
         weights = [list(col) for col in zip(*weights, strict=True)]
     n, m = len(weights), len(weights[0])
@@ -178,11 +186,10 @@ def overlap_penalty(pred: list[Box], threshold: float, max_boxes: int) -> float:
         return -1.0
     if len(pred) < 2:
         return 0.0
-    terms = [
-        max(0.0, (iou(pred[i], pred[j]) - threshold) / (1 - threshold))
-        for i in range(len(pred))
-        for j in range(i + 1, len(pred))
-    ]
+    ious = [iou(pred[i], pred[j]) for i in range(len(pred)) for j in range(i + 1, len(pred))]
+    if not math.isfinite(sum(ious)):
+        raise OracleDomainError("non-finite IoU (coordinates overflow the textbook formulas)")
+    terms = [max(0.0, (value - threshold) / (1 - threshold)) for value in ious]
     return -sum(terms) / len(terms)
 
 
@@ -201,7 +208,7 @@ def reference_score(
     completion: str, reference: str, config: RewardConfig | None = None, length: int | None = None
 ) -> dict[str, float]:
     """Every component and the weighted total of one sample."""
-    config = config or RewardConfig()
+    config = config or DEFAULT
     r, pred_blocks = parse(completion)
     _, ref_blocks = parse(reference)
     pred = [box for _, boxes, _ in pred_blocks for box in boxes]
@@ -213,5 +220,6 @@ def reference_score(
         "overlap_penalty": overlap_penalty(pred, config.overlap_threshold, config.max_boxes),
         "overlong_penalty": overlong_penalty(length, config.overlong_max_tokens, config.overlong_buffer),
     }
-    out["total"] = sum(config.weights()[key] * value for key, value in out.items())
+    weights = config.weights()
+    out["total"] = sum(weights[key] * value for key, value in out.items())
     return out

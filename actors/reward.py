@@ -1,0 +1,137 @@
+"""Reward side: `RewardService` Ray actors that score completions with `rewards.score_batch`.
+
+Thin on purpose: every number comes from `rewards/` (pure, unit-tested without Ray); this file only
+splits a batch over K actors, lets the trainer overlap scoring with other work (`submit` returns at
+once, `gather` waits), and puts the pieces back in order. Its config is the tree's `cfg.rewards`;
+K and the deadline come from `cfg.cluster` (`reward_workers`, `call_timeout_s`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from actors.remote import ActorCallError, gather
+from rewards import RewardConfig, score_batch
+
+
+class RewardServiceError(ActorCallError):
+    """A reward actor died, raised or missed the deadline; the message names it."""
+
+
+class RewardService:
+    """One scoring process (a Ray actor in `RewardPool`; a plain object works the same in tests)."""
+
+    def __init__(self, name: str, config: RewardConfig):
+        self.name, self.config = name, config
+
+    def ping(self) -> str:
+        return self.name
+
+    def score(
+        self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every component per sample (`rewards.score_batch`)."""
+        return score_batch(completions, references, self.config, lengths)
+
+
+@dataclass(frozen=True)
+class RewardBatch:
+    """Scores of a batch: every component (and extra reward) per sample, and their batch means."""
+
+    values: dict[str, np.ndarray]
+    means: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PendingRewards:
+    """A submitted batch: one object ref per busy actor, gathered by `RewardPool.gather`."""
+
+    refs: list[Any]
+    names: list[str]
+    size: int
+
+
+def split_bounds(size: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) ranges of range(size), at most `parts`, sizes differing by at most one."""
+    base, extra = divmod(size, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        stop = start + base + (i < extra)
+        if stop > start:
+            bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def merge(parts: Sequence[dict[str, np.ndarray]], size: int) -> RewardBatch:
+    """Concatenate per-chunk results (in batch order) and take batch means (0.0 for an empty batch)."""
+    if not parts:
+        parts = [score_batch([], [])]
+    values = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    for key, arr in values.items():
+        if arr.shape != (size,):
+            raise ValueError(f"reward {key!r}: {arr.shape[0]} values for a batch of {size}")
+    return RewardBatch(values, {key: float(arr.mean()) if size else 0.0 for key, arr in values.items()})
+
+
+class RewardPool:
+    """K `RewardService` actors; splits each batch into K contiguous chunks, one per actor.
+
+    Plain class held by the driver: it owns handles only.
+    """
+
+    def __init__(
+        self,
+        config: RewardConfig,
+        num_actors: int = 1,
+        timeout_s: float = 600.0,
+        name_prefix: str = "reward",
+        num_cpus: float = 1.0,
+    ):
+        import ray
+
+        if num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        self.timeout_s = timeout_s
+        self.names = [f"{name_prefix}-{i}" for i in range(num_actors)]
+        actor = ray.remote(RewardService)
+        self.actors = [actor.options(name=name, num_cpus=num_cpus).remote(name, config) for name in self.names]
+        gather([a.ping.remote() for a in self.actors], self.names, "start", timeout_s, RewardServiceError)
+
+    def submit(
+        self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None
+    ) -> PendingRewards:
+        """Start scoring and return at once; `gather` the result when it is needed."""
+        if len(completions) != len(references):
+            raise ValueError(f"{len(completions)} completions but {len(references)} references")
+        lengths_arr = None if lengths is None else np.asarray(lengths)
+        refs, names = [], []
+        for k, (start, stop) in enumerate(split_bounds(len(completions), len(self.actors))):
+            chunk_lengths = None if lengths_arr is None else lengths_arr[start:stop]
+            call = self.actors[k].score.remote(
+                list(completions[start:stop]), list(references[start:stop]), chunk_lengths
+            )
+            refs.append(call)
+            names.append(self.names[k])
+        return PendingRewards(refs, names, len(completions))
+
+    def gather(self, pending: PendingRewards) -> RewardBatch:
+        """Wait (at most `timeout_s`) for a submitted batch; results in the submitted order."""
+        parts = gather(pending.refs, pending.names, "score", self.timeout_s, RewardServiceError)
+        return merge(parts, pending.size)
+
+    def score(
+        self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None
+    ) -> RewardBatch:
+        return self.gather(self.submit(completions, references, lengths))
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
