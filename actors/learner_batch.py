@@ -1,0 +1,226 @@
+"""What the learner eats: `TrainSample`, the multimodal collation into model inputs, the split of a
+global batch over learners / mini-batches / micro-batches, and metric reduction across ranks.
+
+Kept apart from actors/learner.py so the Ray/DeepSpeed wrapper stays short; nothing here starts a
+process group or an engine (the reduction takes the process group's all_reduce as an argument).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rl.data import load_image
+
+
+@dataclass
+class TrainSample:
+    """One sampled response, as the learner needs it. Token ids are exactly what the rollout engine
+    saw and produced: the prompt is chat-templated with the image placeholder already expanded to
+    one `<|image_pad|>` per merged image patch."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    image: str  # path of the prompt's image
+    advantage: float = 0.0
+    sampling_logprobs: list[float] | None = None  # the engine's, one per response token (for TIS)
+    old_logprobs: list[float] | None = None  # the learner's pi_old; computed by `update` when None
+    ref_logprobs: list[float] | None = None  # the reference model's; computed when None and kl_coef > 0
+
+
+@dataclass
+class MicroBatch:
+    """Model inputs of one micro-batch, right-padded. `weight` 0 marks a padding micro-batch that only
+    keeps this rank's collectives in step with the others (its loss is multiplied by 0)."""
+
+    inputs: dict[str, Tensor]  # input_ids / attention_mask / mm_token_type_ids [b, S], pixel_values, image_grid_thw
+    positions: Tensor  # [M] flat index into [b * S] of the hidden state that predicts each response token
+    targets: Tensor  # [M] the response tokens
+    lengths: list[int]  # response length of each row (M = sum)
+    mask: Tensor  # [b, T] 1 on response tokens
+    advantages: Tensor  # [b]
+    old_logprobs: Tensor | None  # [b, T]
+    ref_logprobs: Tensor | None  # [b, T]
+    sampling_logprobs: Tensor | None  # [b, T]
+    weight: float = 1.0
+
+    def to(self, device: torch.device) -> MicroBatch:
+        move = {k: v.to(device) for k, v in self.inputs.items()}
+        opt = [None if t is None else t.to(device) for t in (self.old_logprobs, self.ref_logprobs,
+                                                            self.sampling_logprobs)]
+        return MicroBatch(move, self.positions.to(device), self.targets.to(device), self.lengths,
+                          self.mask.to(device), self.advantages.to(device), *opt, weight=self.weight)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.inputs["attention_mask"].sum())
+
+
+def padded(rows: Sequence[Sequence[float]], width: int, fill: float = 0.0) -> Tensor:  # [len(rows), width]
+    out = torch.full((len(rows), width), fill, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.as_tensor(row, dtype=torch.float32)
+    return out
+
+
+class Collator:
+    """TrainSamples -> MicroBatch. The image goes through the model's own image processor with the
+    configured pixel limits (`ModelConfig.processor_size()`, the same the rollout engine used), so
+    `pixel_values` / `image_grid_thw` give exactly as many image features as the prompt has image
+    tokens; a mismatch is an error naming the sample, not a silent shape failure inside the model."""
+
+    def __init__(self, model_path: str, processor_size: dict[str, int], hf_config: Any,
+                 trust_remote_code: bool = False):
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.image_processor = processor.image_processor
+        self.size = processor_size
+        self.image_token_id = hf_config.image_token_id
+        self.video_token_id = hf_config.video_token_id
+        self.merge = hf_config.vision_config.spatial_merge_size
+        pad = getattr(processor.tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else 0  # padded positions are masked out; any id works
+
+    def images(self, paths: Sequence[str]) -> dict[str, Tensor]:
+        images = [load_image(Path(p)) for p in paths]
+        out = self.image_processor(images=images, size=self.size, return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+    def __call__(self, samples: Sequence[TrainSample], weight: float = 1.0) -> MicroBatch:
+        vision = self.images([s.image for s in samples])
+        features = (vision["image_grid_thw"].prod(dim=-1) // self.merge**2).tolist()
+        for i, (s, n) in enumerate(zip(samples, features, strict=True)):
+            tokens = s.prompt_ids.count(self.image_token_id)
+            if tokens != n:
+                raise ValueError(f"sample {i} ({s.image}): prompt has {tokens} image tokens but the processor gives "
+                                 f"{n} image features; rollout and learner must use the same model.min/max_pixels")
+            if not s.response_ids:
+                raise ValueError(f"sample {i} ({s.image}): empty response")
+        seqs = [s.prompt_ids + s.response_ids for s in samples]
+        width = max(map(len, seqs))
+        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        types = torch.zeros((len(seqs), width), dtype=torch.long)  # 1 image slot, 2 video slot, 0 text
+        positions, targets = [], []
+        for i, (s, seq) in enumerate(zip(samples, seqs, strict=True)):
+            input_ids[i, :len(seq)] = torch.as_tensor(seq)
+            attention[i, :len(seq)] = 1
+            # Slots are in the prompt only: a vision token the policy sampled is text to it, as to vLLM.
+            prompt = torch.as_tensor(s.prompt_ids)
+            types[i, :len(prompt)] = (prompt == self.image_token_id).long() + 2 * (prompt == self.video_token_id).long()
+            start = i * width + len(s.prompt_ids) - 1  # the hidden state at t-1 predicts token t
+            positions.append(torch.arange(start, start + len(s.response_ids)))
+            targets.extend(s.response_ids)
+        lengths = [len(s.response_ids) for s in samples]
+        t = max(lengths)
+
+        def optional(name: str) -> Tensor | None:
+            values = [getattr(s, name) for s in samples]
+            if all(v is None for v in values):
+                return None
+            for i, (v, n) in enumerate(zip(values, lengths, strict=True)):
+                if v is None or len(v) != n:
+                    raise ValueError(f"sample {i}: {name} has {None if v is None else len(v)} values for {n} "
+                                     f"response tokens (give it for every sample of the batch or for none)")
+            return padded(values, t)
+
+        return MicroBatch(
+            inputs={"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": types, **vision},
+            positions=torch.cat(positions), targets=torch.as_tensor(targets, dtype=torch.long), lengths=lengths,
+            mask=padded([[1.0] * n for n in lengths], t), advantages=torch.tensor([s.advantage for s in samples]),
+            old_logprobs=optional("old_logprobs"), ref_logprobs=optional("ref_logprobs"),
+            sampling_logprobs=optional("sampling_logprobs"), weight=weight,
+        )
+
+
+# ---------------------------------------------------------------- splitting a batch
+
+def balanced_sizes(count: int, parts: int) -> list[int]:
+    """`count` items in `parts` contiguous runs whose sizes differ by at most one (larger first)."""
+    base, extra = divmod(count, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def shard_for_learners(count: int, num_learners: int, num_mini_batches: int) -> list[tuple[list[int], list[int]]]:
+    """Per learner: (indices into the global batch, its share of each mini-batch).
+
+    The global batch is cut into `num_mini_batches` contiguous mini-batches (one optimizer step each)
+    and each mini-batch into one piece per learner; learner r gets piece r of every mini-batch, in
+    order. So L learners take the same optimizer steps on the same samples as one learner would."""
+    shards: list[tuple[list[int], list[int]]] = [([], []) for _ in range(num_learners)]
+    start = 0
+    for mini in balanced_sizes(count, num_mini_batches):
+        for rank, piece in enumerate(balanced_sizes(mini, num_learners)):
+            shards[rank][0].extend(range(start, start + piece))
+            shards[rank][1].append(piece)
+            start += piece
+    for rank, (indices, _) in enumerate(shards):
+        if not indices:
+            raise ValueError(f"{count} samples in {num_mini_batches} mini-batches leave learner {rank} of "
+                             f"{num_learners} without samples; give at least one per learner")
+    return shards
+
+
+def micro_batches(count: int, micro_size: int, num_micro: int) -> list[tuple[list[int], float]]:
+    """`count` local samples as `num_micro` micro-batches of at most `micro_size`: (indices, weight).
+
+    `num_micro` is the maximum over ranks: every rank runs the same number of forward/backward
+    passes, or ZeRO-3's per-layer collectives would wait forever. A rank with fewer samples pads with
+    weight-0 micro-batches that reuse its first sample."""
+    chunks = [list(range(i, min(i + micro_size, count))) for i in range(0, count, micro_size)]
+    return [(c, 1.0) for c in chunks] + [([0], 0.0)] * (num_micro - len(chunks))
+
+
+def num_micro_batches(count: int, micro_size: int) -> int:
+    return math.ceil(count / micro_size)
+
+
+# ---------------------------------------------------------------- metrics across micro-batches and ranks
+
+class MetricSum:
+    """Accumulates per-micro-batch stats of `grpo_loss`: token-weighted means for the per-token stats,
+    plain sums for the loss terms (already normalised by the whole mini-batch's counts), max / min for
+    the ratio extremes. `reduce` combines ranks with one all-reduce per kind."""
+
+    SUMMED = ("loss", "pg_loss", "kl")
+
+    def __init__(self) -> None:
+        self.weighted: dict[str, float] = {}
+        self.summed: dict[str, float] = {}
+        self.maxed: dict[str, float] = {}
+        self.tokens = 0.0
+
+    def add(self, stats: dict[str, Tensor | float], tokens: float) -> None:
+        self.tokens += tokens
+        for key, value in stats.items():
+            v = float(value)
+            if key in self.SUMMED:
+                self.summed[key] = self.summed.get(key, 0.0) + v
+            elif key.endswith("_max"):
+                self.maxed[key] = max(self.maxed.get(key, -math.inf), v if tokens else -math.inf)
+            elif key.endswith("_min"):  # kept as a max of negatives so one MAX all-reduce serves both
+                self.maxed[key] = max(self.maxed.get(key, -math.inf), -v if tokens else -math.inf)
+            else:
+                self.weighted[key] = self.weighted.get(key, 0.0) + v * tokens
+
+    def reduce(self, all_reduce: Callable[[Tensor, str], None], steps: int) -> dict[str, float]:
+        """`all_reduce(tensor, "sum" | "max")` in place across ranks (identity with one rank)."""
+        w_keys, s_keys, m_keys = sorted(self.weighted), sorted(self.summed), sorted(self.maxed)
+        sums = torch.tensor([self.weighted[k] for k in w_keys] + [self.summed[k] for k in s_keys] + [self.tokens],
+                            dtype=torch.float64)
+        maxes = torch.tensor([self.maxed[k] for k in m_keys], dtype=torch.float64)
+        all_reduce(sums, "sum")
+        if m_keys:
+            all_reduce(maxes, "max")
+        tokens = max(float(sums[-1]), 1.0)
+        out = {k: float(sums[i]) / tokens for i, k in enumerate(w_keys)}
+        out |= {k: float(sums[len(w_keys) + i]) / max(steps, 1) for i, k in enumerate(s_keys)}
+        out |= {k: float(maxes[i]) * (-1 if k.endswith("_min") else 1) for i, k in enumerate(m_keys)}
+        return out
