@@ -17,6 +17,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "sync": ("rl.bench_sync", "weight sync into R vLLM engines vs a raw broadcast of the same bytes"),
     "rollout": ("rl.bench_rollout", "RolloutWorker over Ray vs vllm.LLM.generate in-process, tokens/s"),
     "learner": ("rl.bench_learner", "GRPO update through Ray learner actors (DeepSpeed) vs a plain PyTorch loop"),
+    "step": ("rl.bench_step", "seconds per GRPO step, ours vs TRL's GRPOTrainer, same model, data, rewards"),
 }
 
 
