@@ -35,8 +35,9 @@ def canonical_source(number: str) -> str:
 
 
 CANONICAL = re.compile(canonical_source(_NUMBER))
-# The subset models write (a single optional space after commas, no exponents): a simpler regex, 30%
-# faster on the hot path; everything else canonical is still recognised, by CANONICAL.
+# The subset models write (a single optional space after commas, no exponents): the form the numpy lexer
+# of the hot path (`rewards.lexer`) accepts, written as a regex to specify it (the tests check the lexer
+# against it); everything else canonical is still recognised, by CANONICAL, on the general path.
 _FAST_NUMBER = r"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+"
 _FAST_BOX = rf"\[{_FAST_NUMBER}, ?+{_FAST_NUMBER}, ?+{_FAST_NUMBER}, ?+{_FAST_NUMBER}\]"
 FAST_SOURCE = rf"(?:{_FAST_BOX}|\[{_FAST_BOX}(?:, ?+{_FAST_BOX})*+\])"

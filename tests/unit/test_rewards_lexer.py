@@ -1,0 +1,143 @@
+"""rewards.lexer: the numpy fast path for box contents accepts exactly the fast form and reads every
+number as json.loads does; rewards.batch: regular answers parse as the general path does."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rewards import parse_answer
+from rewards.batch import _parse_general, _parse_regular
+from rewards.lexer import PREFIX, lex_boxes
+from rewards.parse import FAST_SOURCE
+
+FAST = re.compile(FAST_SOURCE)
+
+
+def lex(contents: list[str]):  # noqa: ANN201
+    pieces = [PREFIX + c.encode("utf-8", "surrogatepass") for c in contents]
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    return lex_boxes(np.frombuffer(b"".join(pieces), dtype=np.uint8), np.cumsum(lengths) - lengths)
+
+
+def expected_boxes(content: str) -> list[list[float]]:
+    value = json.loads(content)
+    boxes = value if value and all(isinstance(v, list) for v in value) else [value]
+    return [[float(v) for v in box] for box in boxes]
+
+
+def check(contents: list[str]) -> None:
+    got = lex(contents)
+    rows = np.split(got.values, np.cumsum(got.per_content)[:-1]) if len(contents) else []
+    for k, content in enumerate(contents):
+        digits_ok = all(len(n.replace("-", "").replace(".", "")) <= 15 for n in re.findall(r"[-.0-9]+", content))
+        assert bool(got.fast[k]) == (content == "" or (FAST.fullmatch(content) is not None and digits_ok)), content
+        if got.fast[k] and content:
+            want = expected_boxes(content)
+            assert rows[k].tolist() == want, content
+            assert np.signbit(rows[k]).tolist() == np.signbit(np.array(want)).tolist(), content  # -0.0 vs 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1, 2, 3, 4]",
+        "[1,2,3,4]",
+        "[[1, 2, 3, 4]]",
+        "[[1, 2, 3, 4], [5, 6, 7, 8]]",
+        "[[1,2,3,4],[5,6,7,8],[9,10,11,12]]",
+        "[-1, -0, -0.0, 0.5]",
+        "[0.25, 10.125, 999999999999999, 123456789.012345]",
+        "[1234567890123456, 1, 2, 3]",  # 16 digits: left to json
+        "[01, 2, 3, 4]",
+        "[1., 2, 3, 4]",
+        "[.5, 2, 3, 4]",
+        "[1.2.3, 2, 3, 4]",
+        "[1-2, 2, 3, 4]",
+        "[--1, 2, 3, 4]",
+        "[-, 2, 3, 4]",
+        "[1e5, 2, 3, 4]",
+        "[1,  2, 3, 4]",
+        "[1 ,2, 3, 4]",
+        " [1, 2, 3, 4]",
+        "[1, 2, 3, 4] ",
+        "[1, 2, 3]",
+        "[1, 2, 3, 4, 5]",
+        "[[1, 2, 3, 4]",
+        "[[1, 2, 3, 4]], [5, 6, 7, 8]",
+        "[[1, 2, 3, 4] [5, 6, 7, 8]]",
+        "[[1, 2, 3, 4],[5, 6, 7]]",
+        "[[[1, 2, 3, 4]]]",
+        "[]",
+        "[[]]",
+        "",
+        "oops",
+        "[1, 2, 3, 4]x",
+        "[1, 2, 3, 4\u00e9]",
+    ],
+)
+def test_lexer_accepts_exactly_the_fast_form(content: str) -> None:
+    check([content])
+    check(["[9, 8, 7, 6]", content, "[[1, 2, 3, 4]]"])  # neighbours are unaffected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789-., []", max_size=40), max_size=6))
+def test_lexer_on_random_contents(contents: list[str]) -> None:
+    check(contents)
+
+
+number = st.integers(-(10**6), 10**6).map(str) | st.floats(-1e6, 1e6, allow_nan=False).map(lambda v: str(round(v, 3)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.lists(number, min_size=4, max_size=4), min_size=1, max_size=4), max_size=5))
+def test_lexer_on_well_formed_contents(boxes: list) -> None:
+    check([json.dumps(b, separators=(",", ":") if len(b) % 2 else None) for b in boxes])
+
+
+def test_lexer_in_chunks_matches_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    contents = [json.dumps([[k, k + 1, k + 2.5, k + 3]] * (k % 3 + 1)) for k in range(3000)] + ["bad", ""]
+    whole = lex(contents)
+    monkeypatch.setattr("rewards.lexer._CHUNK_BYTES", 1 << 10)
+    chunked = lex(contents)
+    np.testing.assert_array_equal(whole.values, chunked.values)
+    np.testing.assert_array_equal(whole.per_content, chunked.per_content)
+    np.testing.assert_array_equal(whole.fast, chunked.fast)
+
+
+@pytest.mark.parametrize(
+    "regions",
+    [
+        ["Nodule <box>[1, 2, 3, 4]</box>", "no findings", "Mass. <box>[[5,6,7,8],[1,1,0,2]]</box> x"],
+        [
+            "A <box></box>",
+            "</box> A <box>[1,2,3,4]</box>",
+            "A <box>[1,2,3,4]</box> <b",
+            "Σ  lesion: <box>[1,2,3,4]</box>",
+        ],
+        ["a\x00b <box>[1,2,3,4]</box>", "/box> label <box>[1,2,3,4]</box>", "<box>[1,2,3,4]</box><box>[0,0,1,1]</box>"],
+        ["\ud800 <box>[1,2,3,4]</box>", "F <box>[1,2,3,4]</box> tail"],
+    ],
+)
+def test_regular_path_agrees_with_the_general_path(regions: list[str]) -> None:
+    fast_vocab: dict[str, int] = {}
+    regular, fast = _parse_regular(regions, fast_vocab)
+    picked = [r for r, ok in zip(regions, regular, strict=True) if ok]
+    slow_vocab: dict[str, int] = {}
+    slow = _parse_general(picked, slow_vocab)
+    fast_names, slow_names = list(fast_vocab), list(slow_vocab)
+    for name in ("n_blocks", "n_open", "n_close", "blocks_ok", "block_sample", "boxes", "box_block", "box_count"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+    assert [fast_names[k] for k in fast.block_label] == [slow_names[k] for k in slow.block_label]
+
+
+def test_parse_answer_on_the_fast_path() -> None:
+    parsed = parse_answer("  NODULE: <box>[[1, 2, 3, 4], [5, 5, 1, 9]]</box>; mass <box>[-0.5, 0, 2.25, 3]</box>")
+    assert [label for label, _ in parsed] == ["nodule", "mass"]
+    assert parsed[0][1].tolist() == [[1, 2, 3, 4]] and parsed[1][1].tolist() == [[-0.5, 0, 2.25, 3]]
