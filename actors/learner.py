@@ -16,6 +16,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,51 +28,25 @@ from actors.learner_batch import (
     Collator,
     MetricSum,
     MicroBatch,
+    PolicyLogprobs,
     TrainSample,
     micro_batches,
     num_micro_batches,
+    pad_rows,
     shard_for_learners,
 )
+from actors.remote import ActorCallError, gather
 from actors.weight_sync import TensorMeta, WeightSource
 from rl.config import Config
-from rl.grpo import grpo_loss, lr_factor, token_logprobs, truncated_is_weights
+from rl.grpo import grpo_loss, lr_factor, truncated_is_weights
 from rl.platform import get_platform
 
-__all__ = ["Learner", "LearnerError", "LearnerGroup", "TrainSample"]
+__all__ = ["Learner", "LearnerError", "LearnerGroup", "PolicyLogprobs", "TrainSample"]
 
 # Tokenizer / processor files a checkpoint needs besides weights and config, copied from the source model.
 PROCESSOR_FILES = ("tokenizer*", "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
                    "chat_template*", "special_tokens_map.json", "vocab*", "merges.txt", "added_tokens.json")
 DS_TAG = "state"  # DeepSpeed checkpoint tag inside <checkpoint>/deepspeed
-
-
-class PolicyLogprobs(nn.Module):
-    """The DeepSpeed-wrapped module: Qwen3-VL trunk -> hidden states at response positions -> per-token
-    log-probs via the LM head, chunk by chunk (rl.grpo.token_logprobs). Wrapping it as one module lets
-    ZeRO-3's start/end-of-forward hooks see the whole pass, including the LM head calls."""
-
-    def __init__(self, policy: nn.Module, temperature: float, chunk_size: int):
-        super().__init__()
-        self.policy = policy
-        self.temperature = temperature
-        self.chunk_size = chunk_size
-        self._vision_types: Tensor | None = None
-        # Image slots are the prompt's image tokens only. A sampled response may contain <|image_pad|>
-        # as plain text (vLLM embeds generated tokens as text); the stock id-based mask would count it
-        # as an image slot. The collator's mm_token_type_ids mark the prompt's slots alone.
-        policy.model.get_placeholder_mask = self._placeholder_mask
-
-    def _placeholder_mask(self, input_ids: Tensor, inputs_embeds: Tensor, image_features: Tensor | None = None,
-                          video_features: Tensor | None = None) -> tuple[Tensor, Tensor]:  # [b, S, 1] each
-        types = self._vision_types.to(inputs_embeds.device)
-        return (types == 1).unsqueeze(-1), (types == 2).unsqueeze(-1)
-
-    def forward(self, inputs: dict[str, Tensor], positions: Tensor, targets: Tensor,
-                with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:  # [M], [M] | None
-        self._vision_types = inputs["mm_token_type_ids"]
-        hidden = self.policy.model(**inputs, use_cache=False).last_hidden_state  # [b, S, H]
-        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [M, H]
-        return token_logprobs(hidden, targets, self.policy.lm_head, self.temperature, self.chunk_size, with_entropy)
 
 
 class Learner(WeightSource):
@@ -103,9 +78,14 @@ class Learner(WeightSource):
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """Join the process group and build the DeepSpeed engine(s)."""
         import deepspeed
+        import deepspeed.comm.torch as ds_comm
         from transformers import AutoConfig
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at start-up that only its
+        # inference path uses. Training never calls it; skipping it needs no compiler on the node, and
+        # no build killed midway can leave the lock file that hangs every later start.
+        ds_comm.build_shm_op = lambda: None
         # DeepSpeed reads these in places (device choice, checkpoint naming). LOCAL_RANK is 0: Ray shows
         # each learner exactly one accelerator.
         os.environ.update({"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0",
@@ -213,17 +193,20 @@ class Learner(WeightSource):
         self._all_reduce(t, "sum")
         return t.tolist()
 
-    def _batches(self, samples: Sequence[TrainSample]) -> list[MicroBatch]:
-        """Collated micro-batches, padded to the same count on every rank."""
+    def _batches(self, samples: Sequence[TrainSample], filler: TrainSample | None = None) -> list[MicroBatch]:
+        """Collated micro-batches, padded to the same count on every rank (weight-0 passes reuse the
+        first sample, or `filler` when this rank has none here)."""
         micro = self.cfg.learner.micro_batch_size
         count = self._max_over_ranks(num_micro_batches(len(samples), micro))
-        return [self.collate([samples[i] for i in idx], weight).to(self.device)
+        pool = list(samples) or [filler]
+        return [self.collate([pool[i] for i in idx], weight).to(self.device)
                 for idx, weight in micro_batches(len(samples), micro, count)]
 
     # ---------------------------------------------------------------- steps
 
     @torch.no_grad()
-    def compute_logprobs(self, samples: Sequence[TrainSample], reference: bool = False) -> list[list[float]]:
+    def compute_logprobs(self, samples: Sequence[TrainSample], reference: bool = False,
+                         filler: TrainSample | None = None) -> list[list[float]]:
         """Per-token log-probs of each sample's response under the current policy (pi_old) or the
         frozen reference. Every rank must call this together (ZeRO-3 gathers weights collectively)."""
         engine = self.ref_engine if reference else self.engine
@@ -231,7 +214,7 @@ class Learner(WeightSource):
             raise RuntimeError("compute_logprobs(reference=True) with grpo.kl_coef == 0: no reference is loaded")
         engine.module.eval()
         out: list[list[float]] = []
-        for batch in self._batches(samples):
+        for batch in self._batches(samples, filler):
             logp, _ = engine(batch.inputs, batch.positions, batch.targets)
             if batch.weight:
                 out.extend(t.tolist() for t in logp.float().cpu().split(batch.lengths))
@@ -250,11 +233,14 @@ class Learner(WeightSource):
         self._fill(samples, "old_logprobs", reference=False)
         if g.kl_coef > 0:
             self._fill(samples, "ref_logprobs", reference=True)
-        use_tis = g.tis_cap is not None and all(s.sampling_logprobs is not None for s in samples)
+        # TIS needs the engine's log-probs of every sample; the choice must agree across ranks (the
+        # metrics they all-reduce depend on it).
+        has_sampling = all(s.sampling_logprobs is not None for s in samples)
+        use_tis = g.tis_cap is not None and not self._max_over_ranks(int(not has_sampling))
         if not use_tis:
-            samples = [_without_sampling(s) for s in samples]
+            samples = [replace(s, sampling_logprobs=None) for s in samples]
         bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
-        minis = [self._batches(samples[bounds[k]:bounds[k + 1]]) for k in range(len(sizes))]
+        minis = [self._batches(samples[bounds[k]:bounds[k + 1]], filler=samples[0]) for k in range(len(sizes))]
         self.engine.module.train()
         metrics, grad_norms, steps = MetricSum(), [], 0
         for _ in range(g.ppo_epochs):
@@ -279,11 +265,13 @@ class Learner(WeightSource):
         # accumulation steps and ranks gives exactly the loss of the whole mini-batch.
         tokens, seqs = self._sum_over_ranks(sum(sum(b.lengths) for b in batches if b.weight),
                                             sum(len(b.lengths) for b in batches if b.weight))
+        if not seqs:  # an empty global mini-batch (fewer samples than mini-batches): no step at all
+            return float("nan")
         for i, batch in enumerate(batches):
             self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
             logp_flat, entropy = self.engine(batch.inputs, batch.positions, batch.targets, with_entropy=True)
             width = batch.mask.shape[1]
-            logp = _pad_rows(logp_flat, batch.lengths, width)
+            logp = pad_rows(logp_flat, batch.lengths, width)
             is_weights = None
             if batch.sampling_logprobs is not None:
                 is_weights = truncated_is_weights(batch.old_logprobs, batch.sampling_logprobs, g.tis_cap)
@@ -307,10 +295,10 @@ class Learner(WeightSource):
         missing = [i for i, s in enumerate(samples) if getattr(s, field) is None]
         if not self._max_over_ranks(len(missing)):
             return
-        todo = [samples[i] for i in missing] or samples[:1]
-        values = self.compute_logprobs(todo, reference=reference)
-        for i, v in zip(missing, values, strict=False):
-            samples[i] = _replace(samples[i], **{field: v})
+        todo = [samples[i] for i in missing]
+        values = self.compute_logprobs(todo, reference=reference, filler=samples[0])
+        for i, v in zip(missing, values, strict=True):
+            samples[i] = replace(samples[i], **{field: v})
 
     # ---------------------------------------------------------------- weights out and in
 
@@ -390,22 +378,7 @@ class Learner(WeightSource):
             raise FileNotFoundError(f"{path}: no DeepSpeed state under {Path(path) / 'deepspeed'}")
 
 
-def _replace(sample: TrainSample, **changes: Any) -> TrainSample:
-    from dataclasses import replace
-
-    return replace(sample, **changes)
-
-
-def _without_sampling(sample: TrainSample) -> TrainSample:
-    return sample if sample.sampling_logprobs is None else _replace(sample, sampling_logprobs=None)
-
-
-def _pad_rows(flat: Tensor, lengths: list[int], width: int) -> Tensor:  # [M] -> [b, width], zero-padded
-    rows = flat.split(lengths)
-    return torch.stack([torch.nn.functional.pad(r, (0, width - r.numel())) for r in rows])
-
-
-class LearnerError(RuntimeError):
+class LearnerError(ActorCallError):
     """A learner died, hung past the timeout, or failed; the message names it and the phase."""
 
 
@@ -435,7 +408,8 @@ class LearnerGroup:
             self.shutdown()
             raise
 
-    def compute_logprobs(self, samples: Sequence[TrainSample], reference: bool = False) -> list[list[float]]:
+    def compute_logprobs(self, samples: Sequence[TrainSample], reference: bool = False,
+                         filler: TrainSample | None = None) -> list[list[float]]:
         shards = shard_for_learners(len(samples), self.num_learners, 1)
         parts = self._call("compute_logprobs", [a.compute_logprobs.remote([samples[i] for i in idx], reference)
                                                 for a, (idx, _) in zip(self.actors, shards, strict=True)])
@@ -468,26 +442,6 @@ class LearnerGroup:
         self.actors = []
 
     def _call(self, phase: str, refs: list[Any], names: list[str] | None = None) -> list[Any]:
-        """ray.get with the configured timeout; a dead, hung or failing learner is named.
-
-        Answers are taken as they come, so the first failure is reported at once rather than after
-        the timeout (its peers are then stuck in a collective: shut the group down)."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
-        names = names or self.names
-        deadline = time.monotonic() + self.timeout_s
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                late = [names[refs.index(r)] for r in pending]
-                raise LearnerError(f"{', '.join(late)}: no answer to {phase} within {self.timeout_s:.0f} s")
-            name = names[refs.index(ready[0])]
-            try:
-                ray.get(ready[0])
-            except RayActorError as exc:
-                raise LearnerError(f"{name} died during {phase}: {exc}") from exc
-            except (RayTaskError, GetTimeoutError) as exc:
-                raise LearnerError(f"{name} failed during {phase}: {exc}") from exc
-        return ray.get(refs)
+        """ray.get with the configured timeout; the first learner to die, hang or fail is named (its
+        peers are then stuck in a collective: shut the group down)."""
+        return gather(refs, names or self.names, phase, self.timeout_s, LearnerError)

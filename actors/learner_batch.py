@@ -1,5 +1,6 @@
-"""What the learner eats: `TrainSample`, the multimodal collation into model inputs, the split of a
-global batch over learners / mini-batches / micro-batches, and metric reduction across ranks.
+"""What the learner eats and how it computes log-probs: `TrainSample`, the multimodal collation into
+model inputs, the module DeepSpeed wraps (`PolicyLogprobs`), the split of a global batch over
+learners / mini-batches / micro-batches, and metric reduction across ranks.
 
 Kept apart from actors/learner.py so the Ray/DeepSpeed wrapper stays short; nothing here starts a
 process group or an engine (the reduction takes the process group's all_reduce as an argument).
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rl.data import load_image
+from rl.grpo import token_logprobs
 
 
 @dataclass
@@ -60,6 +62,40 @@ class MicroBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.inputs["attention_mask"].sum())
+
+
+class PolicyLogprobs(nn.Module):
+    """The DeepSpeed-wrapped module: Qwen3-VL trunk -> hidden states at response positions -> per-token
+    log-probs via the LM head, chunk by chunk (rl.grpo.token_logprobs). Wrapping it as one module lets
+    ZeRO-3's start/end-of-forward hooks see the whole pass, including the LM head calls."""
+
+    def __init__(self, policy: nn.Module, temperature: float, chunk_size: int):
+        super().__init__()
+        self.policy = policy
+        self.temperature = temperature
+        self.chunk_size = chunk_size
+        self._vision_types: Tensor | None = None
+        # Image slots are the prompt's image tokens only. A sampled response may contain <|image_pad|>
+        # as plain text (vLLM embeds generated tokens as text); the stock id-based mask would count it
+        # as an image slot. The collator's mm_token_type_ids mark the prompt's slots alone.
+        policy.model.get_placeholder_mask = self._placeholder_mask
+
+    def _placeholder_mask(self, input_ids: Tensor, inputs_embeds: Tensor, image_features: Tensor | None = None,
+                          video_features: Tensor | None = None) -> tuple[Tensor, Tensor]:  # [b, S, 1] each
+        types = self._vision_types.to(inputs_embeds.device)
+        return (types == 1).unsqueeze(-1), (types == 2).unsqueeze(-1)
+
+    def forward(self, inputs: dict[str, Tensor], positions: Tensor, targets: Tensor,
+                with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:  # [M], [M] | None
+        self._vision_types = inputs["mm_token_type_ids"]
+        hidden = self.policy.model(**inputs, use_cache=False).last_hidden_state  # [b, S, H]
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [M, H]
+        return token_logprobs(hidden, targets, self.policy.lm_head, self.temperature, self.chunk_size, with_entropy)
+
+
+def pad_rows(flat: Tensor, lengths: list[int], width: int) -> Tensor:  # [M] -> [b, width], zero-padded
+    """Per-token values of all rows, concatenated, back into right-padded rows (keeps the graph)."""
+    return torch.stack([nn.functional.pad(r, (0, width - r.numel())) for r in flat.split(lengths)])
 
 
 def padded(rows: Sequence[Sequence[float]], width: int, fill: float = 0.0) -> Tensor:  # [len(rows), width]
