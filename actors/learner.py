@@ -230,7 +230,11 @@ class Learner(WeightSource):
         sizes = list(mini_batch_sizes) if mini_batch_sizes is not None else [len(samples)]
         if sum(sizes) != len(samples):
             raise ValueError(f"mini_batch_sizes {sizes} do not add up to {len(samples)} samples")
-        self._fill(samples, "old_logprobs", reference=False)
+        # One optimizer step on fresh samples: pi_old is the policy this very forward computes, so
+        # its log-probs are the forward's own, detached (ratio 1, gradient intact): no extra pass.
+        # With several epochs or mini-batches pi_old must be frozen first.
+        if g.ppo_epochs > 1 or len(sizes) > 1:
+            self._fill(samples, "old_logprobs", reference=False)
         if g.kl_coef > 0:
             self._fill(samples, "ref_logprobs", reference=True)
         # TIS needs the engine's log-probs of every sample; the choice must agree across ranks (the
@@ -272,11 +276,12 @@ class Learner(WeightSource):
             logp_flat, entropy = self.engine(batch.inputs, batch.positions, batch.targets, with_entropy=True)
             width = batch.mask.shape[1]
             logp = pad_rows(logp_flat, batch.lengths, width)
+            old = batch.old_logprobs if batch.old_logprobs is not None else logp.detach()
             is_weights = None
             if batch.sampling_logprobs is not None:
-                is_weights = truncated_is_weights(batch.old_logprobs, batch.sampling_logprobs, g.tis_cap)
+                is_weights = truncated_is_weights(old, batch.sampling_logprobs, g.tis_cap)
             loss, stats = grpo_loss(
-                logp, batch.old_logprobs, batch.advantages, batch.mask, clip_low=g.clip_low, clip_high=g.clip_high,
+                logp, old, batch.advantages, batch.mask, clip_low=g.clip_low, clip_high=g.clip_high,
                 dual_clip=g.dual_clip, loss_agg=g.loss_agg, ref_logprobs=batch.ref_logprobs, kl_coef=g.kl_coef,
                 kl_estimator=g.kl_estimator, is_weights=is_weights, num_tokens=tokens, num_seqs=seqs,
                 max_len=self.cfg.rollout.max_tokens,
