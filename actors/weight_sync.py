@@ -315,6 +315,7 @@ class WeightSync:
         self.source, self.source_name, self.pool, self.peers = source, source_name, pool, list(peers)
         self.bucket_mb, self.timeout_s, self.platform, self.host = bucket_mb, timeout_s, platform, host
         self.plan: list | None = None
+        self.last_checksums: dict[str, str] = {}  # what the source sent in the last sync, per tensor
 
     def connect(self) -> None:
         """(Re)build the group: after a failure, a replaced worker joins a fresh one."""
@@ -340,6 +341,7 @@ class WeightSync:
                                      [self.source_name, *self.pool.names, *(n for n, _ in self.peers)])
         received = received[: len(self.pool.workers)]
         seconds = time.perf_counter() - start
+        self.last_checksums = sent
         for name, sums in zip(self.pool.names, received, strict=True):
             wrong = sorted(n for n in sent if sums.get(n) != sent[n])
             if wrong or len(sums) != len(sent):

@@ -4,9 +4,13 @@ weight sync): under `ray job submit` against a real head, and resumed mid-run to
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_jobs_api(ray: str, dashboard: int, env: dict, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        probe = subprocess.run([ray, "job", "list", f"--address=http://127.0.0.1:{dashboard}"], env=env,
+                               capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            return
+        time.sleep(2)
+    raise TimeoutError(f"the Ray head's job API on port {dashboard} did not come up within {timeout_s:.0f} s")
+
+
 def _scalars(run_dir: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -47,17 +62,24 @@ def test_ray_job_submit_trains_and_writes_checkpoint_and_logs(tiny_model_dir, sy
     ray = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # what our cluster launchers turn on
     port, dashboard = _free_port(), _free_port()
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=8",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    short_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 107 chars
+    # --block keeps `ray start` in the foreground owning the head's processes: terminating its process
+    # group stops this head only (`ray stop` would stop every Ray on the machine, the session's too).
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=8",
+                             "--disable-usage-stats", f"--temp-dir={short_tmp}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        _wait_for_jobs_api(ray, dashboard, env)
         job = subprocess.run(
             [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
              sys.executable, "-m", "rl.launch", *SMALL, "grpo.num_steps=2",
              f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path / 'runs'}"],
             env=env, capture_output=True, text=True, timeout=900)
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=120)
+        shutil.rmtree(short_tmp, ignore_errors=True)
     assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
     assert "held-out after GRPO" in job.stdout
     (final,) = checkpoint.complete(tmp_path / "ckpt")

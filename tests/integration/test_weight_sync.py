@@ -81,3 +81,34 @@ def test_a_dead_receiver_is_named_and_the_source_syncs_again_after_a_restart(ray
     assert sync.sync(version=11).version == 11
     assert rollout_pool.policy_versions() == [11, 11]
     assert _pool_greedy(rollout_pool, rows) == _hf_greedy(tiny_model_dir, rows)
+
+
+def test_sync_from_two_zero3_learners_gives_the_engines_their_full_weights(ray_cluster, rollout_pool, tiny_config,
+                                                                           tiny_model_dir, rows, tmp_path):
+    from actors.learner import LearnerGroup
+    from actors.learner_batch import TrainSample
+    from rl.config import Config
+
+    data = tiny_config.to_dict()
+    data["grpo"] |= {"prompts_per_step": 2, "group_size": 4}
+    data["learner"] |= {"num_learners": 2, "zero_stage": 3, "micro_batch_size": 2, "lr": 1e-3}
+    data["cluster"] |= {"platform": "cpu", "call_timeout_s": 300}
+    learners = LearnerGroup(Config.model_validate(data), name_prefix="sync-learner")
+    try:
+        results, _ = rollout_pool.generate(rows[:2], n=4, seed=5)
+        samples = [TrainSample(r.prompt_ids, s.response_ids, str(rows[r.index].image), advantage=(-1.0) ** j,
+                               sampling_logprobs=s.logprobs)
+                   for r in results for j, s in enumerate(r.samples)]
+        learners.update(samples)  # the learners' weights now differ from every checkpoint on disk
+        sync = WeightSync(learners.actors[0], learners.names[0], rollout_pool, bucket_mb=1, timeout_s=300,
+                          platform=get_platform("cpu"), peers=[(learners.names[1], learners.actors[1])])
+        sync.sync(version=21)  # raises if any engine's tensor differs from what was sent
+        full = learners.full_state_dict()
+        assert sync.last_checksums == checksum(full.items())  # what was sent is the learners' full weights
+        assert rollout_pool.policy_versions() == [21, 21]
+        saved = learners.save(tmp_path / "learned")
+        assert _pool_greedy(rollout_pool, rows) == _hf_greedy(saved, rows)
+    finally:
+        learners.shutdown()
+    back = _source(ray_cluster, tiny_model_dir, "source-after-learners")
+    WeightSync(back, "source-after-learners", rollout_pool, 64, 120, get_platform("cpu")).sync(version=22)
