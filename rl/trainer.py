@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,13 @@ class GRPOTrainer:
         self.order = PromptOrder(len(self.rows), cfg.seed)
         self.step, self.version = 0, 0
         timeout = cfg.cluster.call_timeout_s
-        self.learners = LearnerGroup(cfg)
-        self.pool = RolloutPool(cfg.model, cfg.rollout, self.platform.name, timeout_s=timeout)
-        self.rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout)
+        # Actor names carry a run tag: two runs on one cluster (or in one Ray namespace) never collide.
+        run = uuid.uuid4().hex[:6]
+        self.learners = LearnerGroup(cfg, name_prefix=f"learner-{run}")
+        self.pool = RolloutPool(cfg.model, cfg.rollout, self.platform.name, timeout_s=timeout,
+                                name_prefix=f"rollout-{run}")
+        self.rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout,
+                                  name_prefix=f"reward-{run}")
         self.sync = WeightSync(self.learners.actors[0], self.learners.names[0], self.pool, cfg.weight_sync.bucket_mb,
                                cfg.weight_sync.timeout_s, self.platform, host=cfg.cluster.host,
                                peers=list(zip(self.learners.names[1:], self.learners.actors[1:], strict=True)))
