@@ -180,11 +180,14 @@ class SFTConfig(Section):
     grad_accum_steps: int = Field(default=1, ge=1)
     num_processes: int = Field(default=1, ge=1)  # > 1: torchrun this many processes on this node
     lr: float = Field(default=1e-3, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup; short runs learn faster constant
     warmup_steps: int = Field(default=10, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
-    group_by_length: bool = True  # batches of similar length: less padding (packing breaks image tokens)
+    # Keep the vision encoder fixed; the merger (projector) and the language model train. Usual for Qwen-VL
+    # fine-tuning, and needed here: Adam's per-weight steps on the patch embedding wash image content out.
+    freeze_vision: bool = True
+    group_by_length: bool = True  # batches of similar prompt+image length: less padding (no packing for images)
     eval_every: int = Field(default=50, ge=0)  # val loss every N steps; 0: only at the end
     grounding_eval_rows: int = Field(default=64, ge=0)  # val rows answered greedily before/after; 0: off
     eval_batch_size: int = Field(default=32, ge=1)

@@ -112,7 +112,7 @@ def training_args(cfg: Config, platform: Platform, run_dir: Path) -> Any:
         eval_steps=sft.eval_every or None,
         prediction_loss_only=True,
         save_strategy="steps",
-        save_steps=sft.save_every or sft.num_steps,  # the last step is always saved (see _Finish)
+        save_steps=sft.save_every or sft.num_steps,  # the last step is always saved (sft_callbacks.Finish)
         save_total_limit=sft.keep_last,
         logging_steps=sft.log_every,
         logging_first_step=True,

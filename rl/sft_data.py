@@ -31,7 +31,8 @@ RUN_MARKER = "sft_run.json"  # written last into every SFT checkpoint: its prese
 @dataclass
 class SFTSplit:
     rows: list[GroundingRow]
-    lengths: list[int]  # prompt + image + answer + EOS tokens per row, for length-grouped batches
+    lengths: list[int]  # prompt + image + answer + EOS tokens per row
+    prompt_lengths: list[int]  # prompt + image tokens per row: what length-grouped batches group by
     skipped: list[str] = field(default_factory=list)  # "file:line: reason" per skipped row
 
 
@@ -74,11 +75,11 @@ def load_sft_split(cfg: Config, split: str, processor: Any) -> SFTSplit:
         raise DatasetError(f"{path}: SFT split not found (sft.data_path or data.path must hold {split}.jsonl)")
     loaded = load_split(path, frame=cfg.data.coord_frame, on_error=cfg.data.on_error)
     tokenizer = processor.tokenizer
-    rows, lengths, skipped = [], [], list(loaded.skipped)
+    rows, lengths, prompt_lengths, skipped = [], [], [], list(loaded.skipped)
     for row in loaded.rows:
-        n = (len(tokenizer(prompt_text(tokenizer, row.prompt), add_special_tokens=False)["input_ids"])
-             - 1 + image_tokens(processor, row)  # the one <|image_pad|> in the text expands to the image tokens
-             + len(tokenizer(completion_text(tokenizer, row.answer), add_special_tokens=False)["input_ids"]))
+        prompt = (len(tokenizer(prompt_text(tokenizer, row.prompt), add_special_tokens=False)["input_ids"])
+                  - 1 + image_tokens(processor, row))  # the one <|image_pad|> expands to the image tokens
+        n = prompt + len(tokenizer(completion_text(tokenizer, row.answer), add_special_tokens=False)["input_ids"])
         if n > cfg.model.max_model_len:
             reason = f"{row.source}:{row.line}: {n} tokens > model.max_model_len ({cfg.model.max_model_len})"
             if cfg.data.on_error == "raise":
@@ -87,7 +88,8 @@ def load_sft_split(cfg: Config, split: str, processor: Any) -> SFTSplit:
             continue
         rows.append(row)
         lengths.append(n)
-    return SFTSplit(rows=rows, lengths=lengths, skipped=skipped)
+        prompt_lengths.append(prompt)
+    return SFTSplit(rows=rows, lengths=lengths, prompt_lengths=prompt_lengths, skipped=skipped)
 
 
 def to_dataset(split: SFTSplit, tokenizer: Any) -> datasets.Dataset:
@@ -98,7 +100,10 @@ def to_dataset(split: SFTSplit, tokenizer: Any) -> datasets.Dataset:
         "images": [[str(row.image)] for row in split.rows],
         "prompt": [prompt_text(tokenizer, row.prompt) for row in split.rows],
         "completion": [completion_text(tokenizer, row.answer) for row in split.rows],
-        "length": split.lengths,
+        # Grouped by prompt length only: image sizes are where the padding comes from, and grouping by
+        # answer length would give batches of one answer shape (all "No findings.", all 3-object answers),
+        # whose gradient no longer depends on the image (measured: the model then ignores it).
+        "length": split.prompt_lengths,
     }
     features = datasets.Features({
         "images": datasets.Sequence(datasets.Image()),

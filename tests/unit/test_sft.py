@@ -17,7 +17,9 @@ from rl.sft import (
     deepspeed_config,
     drop_incomplete,
     find_resume,
+    freeze_vision_encoder,
     is_complete,
+    load_model,
     load_processor,
     publish,
     run_dir,
@@ -63,7 +65,7 @@ def test_config_section_validates_and_pipeline_accepts_sft():
 def test_labels_cover_the_answer_and_eos_only(tiny_config, synthetic_dir, processor):
     split = load_sft_split(tiny_config, "train", processor)
     rows = split.rows[:4]
-    sub = type(split)(rows=rows, lengths=split.lengths[:4])
+    sub = type(split)(rows=rows, lengths=split.lengths[:4], prompt_lengths=split.prompt_lengths[:4])
     batch = make_collator(processor)([to_dataset(sub, processor.tokenizer)[i] for i in range(len(rows))])
     tok = processor.tokenizer
     image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -74,7 +76,8 @@ def test_labels_cover_the_answer_and_eos_only(tiny_config, synthetic_dir, proces
         ids = batch["input_ids"][i][batch["attention_mask"][i] == 1].tolist()
         assert ids.count(image_token) == 16  # 128 px, patch 16, merge 2: the configured resolution
         assert ids[-len(trained):] == trained  # the answer ends the sequence (padding on the right)
-        assert int(batch["attention_mask"][i].sum()) == split.lengths[i]  # lengths for grouping are exact
+        assert int(batch["attention_mask"][i].sum()) == split.lengths[i]  # exact token counts
+        assert split.prompt_lengths[i] == split.lengths[i] - len(trained)
 
 
 def test_prompt_is_what_rollout_sends_to_vllm(tiny_config, synthetic_dir, processor):
@@ -115,6 +118,18 @@ def test_missing_image_is_named_and_long_rows_are_caught(tiny_config, synthetic_
         load_sft_split(short, "train", processor)
     with pytest.raises(DatasetError, match="SFT split not found"):
         load_sft_split(_cfg(tiny_config, data_path=str(tmp_path / "nothing")), "train", processor)
+
+
+def test_vision_encoder_freezes_but_the_merger_trains(tiny_config, tiny_model_dir):
+    import torch
+
+    model = load_model(tiny_config.model, get_platform("cpu"), deepspeed=False)
+    frozen = freeze_vision_encoder(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen > 0 and not any(n.startswith("model.visual.patch_embed") for n in trainable)
+    assert any("visual.merger" in n for n in trainable) and any("language_model" in n for n in trainable)
+    with pytest.raises(ConfigError, match="no parameters under a 'visual' module"):
+        freeze_vision_encoder(torch.nn.Linear(2, 2))
 
 
 def test_training_arguments_come_from_the_config(tiny_config, tmp_path):
