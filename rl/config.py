@@ -167,6 +167,14 @@ class CheckpointConfig(Section):
     resume: str = "auto"  # auto | never | path to a checkpoint
 
 
+class EvaluationConfig(Section):
+    """`python -m rl.evaluate` (and the final evaluation of `rl.sweep`): greedy answers on `data.split`."""
+
+    output_dir: str = "runs/eval"  # metrics.json, metrics.md, gallery.png, predictions.jsonl
+    max_rows: int = Field(default=0, ge=0)  # first N rows of the split; 0: all of them
+    gallery_rows: int = Field(default=16, ge=0)  # images drawn in gallery.png; 0: none
+
+
 class SFTConfig(Section):
     """Supervised fine-tuning (`python -m rl.sft`, the `sft` stage): (image, prompt) -> answer, loss on the
     answer tokens only. Later stages of the same pipeline start from `output_dir`."""
@@ -217,6 +225,7 @@ class Config(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @field_validator("rewards", mode="before")
     @classmethod

@@ -1,19 +1,36 @@
 """Held-out grounding metrics: greedy answers from the rollout engines, scored against the references.
 
-`grounding_metrics` is what the trainer prints before and after GRPO: every reward component's mean,
-format validity (all four tag checks pass), label accuracy and the mean IoU of matched boxes
-(one-to-one matching that maximises IoU, as the GIoU reward matches boxes).
+`grounding_metrics` is what the trainer prints before and after GRPO and what `python -m rl.evaluate`
+writes: every reward component's mean, format validity (all four tag checks pass), label accuracy, the
+mean IoU of matched boxes (one-to-one matching that maximises IoU, as the GIoU reward matches boxes) and
+COCO-style AP@0.5 and AP@[.5:.95] per class and their mean (`rl/ap.py`, box rank = confidence).
+
+    python -m rl.evaluate model.path=checkpoints/run/step-000020/model data.split=test
+
+answers `data.split` greedily through `RolloutWorker`s on Ray (the cluster of RAY_ADDRESS, else a local
+one on loopback) and writes `metrics.json`, `metrics.md`, `predictions.jsonl` and `gallery.png` (references
+green, predictions red) to `evaluation.output_dir`.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from rewards import RewardConfig, iou_matrix, parse_answer, score_batch
+from rl.ap import answers_ap
+from rl.config import Config
+from rl.report import fmt, markdown_table
+
+# The metrics a reader looks at first, in report order.
+HEADLINE = ("ap50", "ap", "mean_iou_matched", "label_accuracy", "format_valid", "total_reward")
 
 
 def matched_ious(completion: str, reference: str) -> list[float]:
@@ -27,20 +44,130 @@ def matched_ious(completion: str, reference: str) -> list[float]:
     return [float(ious[r, c]) for r, c in zip(rows, cols, strict=True)]
 
 
-def grounding_metrics(completions: Sequence[str], references: Sequence[str],
-                      rewards: RewardConfig | None = None) -> dict[str, float]:
-    scores = score_batch(list(completions), list(references), rewards)
+def grounding_metrics(completions: Sequence[str], references: Sequence[str], rewards: RewardConfig | None = None,
+                      lengths: Sequence[int] | None = None, frame: float | None = None) -> dict[str, float]:
+    """Flat metrics dict; `lengths` (response tokens) feed the overlong penalty, `frame` clips boxes for AP."""
+    scores = score_batch(list(completions), list(references), rewards, lengths)
     ious = [iou for c, r in zip(completions, references, strict=True) for iou in matched_ious(c, r)]
+    ap = answers_ap(completions, references, frame)
     out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items()}
     out |= {"format_valid": float(np.mean(scores["tag_count"] == 1.0)),
             "label_accuracy": float(np.mean(scores["label_accuracy"])),
             "mean_iou_matched": float(np.mean(ious)) if ious else 0.0,
-            "total_reward": float(np.mean(scores["total"]))}
+            "total_reward": float(np.mean(scores["total"])),
+            "ap": ap.ap, "ap50": ap.ap50}
+    for label, values in ap.per_class.items():
+        out |= {f"ap/{label}": values["ap"], f"ap50/{label}": values["ap50"]}
     return out
 
 
-def evaluate_rows(pool: Any, rows: Sequence[Any], rewards: RewardConfig | None = None) -> dict[str, float]:
-    """Greedy answers for `rows` through a `RolloutPool`, then `grounding_metrics`."""
+def answer_rows(pool: Any, rows: Sequence[Any]) -> tuple[list[str], list[int]]:
+    """Greedy answer text and its length in tokens for every row (empty for a row that failed)."""
     results, _ = pool.generate(rows, n=1, greedy=True)
-    completions = [r.samples[0].text if r.samples else "" for r in results]
-    return grounding_metrics(completions, [row.answer for row in rows], rewards)
+    samples = [r.samples[0] if r.samples else None for r in results]
+    return [s.text if s else "" for s in samples], [len(s.response_ids) if s else 0 for s in samples]
+
+
+def evaluate_rows(pool: Any, rows: Sequence[Any], rewards: RewardConfig | None = None,
+                  frame: float | None = None) -> dict[str, float]:
+    """Greedy answers for `rows` through a `RolloutPool`, then `grounding_metrics`."""
+    texts, lengths = answer_rows(pool, rows)
+    return grounding_metrics(texts, [row.answer for row in rows], rewards, lengths, frame)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    rows: list[Any]  # rl.data.GroundingRow
+    completions: list[str]
+
+
+def evaluate_split(cfg: Config, pool: Any) -> Evaluation:
+    """`cfg.data.split` (its first `evaluation.max_rows` rows) answered by `pool` and scored."""
+    from rl.data import load_split
+
+    rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.data.coord_frame,
+                      on_error=cfg.data.on_error).rows
+    rows = rows[: cfg.evaluation.max_rows or None]
+    texts, lengths = answer_rows(pool, rows)
+    metrics = grounding_metrics(texts, [r.answer for r in rows], cfg.rewards, lengths, cfg.data.coord_frame)
+    return Evaluation(metrics | {"rows": float(len(rows))}, rows, texts)
+
+
+def metrics_markdown(metrics: dict[str, float], title: str) -> str:
+    """Headline metrics, AP per class and every reward component, as markdown tables."""
+    classes = sorted(k.removeprefix("ap/") for k in metrics if k.startswith("ap/"))
+    rewards = sorted(k for k in metrics if k.startswith("reward/"))
+    return "\n\n".join([
+        f"# {title}",
+        markdown_table(["metric", "value"], [[k, fmt(metrics[k])] for k in HEADLINE]),
+        "## AP per class (box rank in the answer = confidence)",
+        markdown_table(["class", "AP@0.5", "AP@[.5:.95]"],
+                       [[c, fmt(metrics[f"ap50/{c}"]), fmt(metrics[f"ap/{c}"])] for c in classes]),
+        "## Reward components (mean over rows)",
+        markdown_table(["component", "mean"], [[k.removeprefix("reward/"), fmt(metrics[k])] for k in rewards]),
+    ]) + "\n"
+
+
+def write_evaluation(ev: Evaluation, cfg: Config, out_dir: str | Path, title: str = "Evaluation") -> Path:
+    """metrics.json, metrics.md, predictions.jsonl and gallery.png under `out_dir`."""
+    from rl.visualize import prediction_grid
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(ev.metrics, indent=1, sort_keys=True))
+    (out / "metrics.md").write_text(metrics_markdown(ev.metrics, f"{title}: {cfg.model.path} on {cfg.data.split}"))
+    with (out / "predictions.jsonl").open("w") as f:
+        for row, text in zip(ev.rows, ev.completions, strict=True):
+            f.write(json.dumps({"image": str(row.image), "reference": row.answer, "prediction": text}) + "\n")
+    shown = ev.rows[: cfg.evaluation.gallery_rows]
+    if shown:
+        grid = prediction_grid([r.image for r in shown], ev.completions[: len(shown)], [r.answer for r in shown],
+                               cfg.data.coord_frame)
+        grid.save(out / "gallery.png", optimize=True)
+    return out
+
+
+def run_evaluation(cfg: Config, out_dir: str | Path | None = None) -> dict[str, float]:
+    """Start a rollout pool on `cfg.model`, evaluate `cfg.data.split`, write the outputs; returns the metrics."""
+    import ray
+
+    from actors.rollout import RolloutPool
+    from rl.cluster import connect
+    from rl.platform import get_platform
+
+    platform = get_platform(cfg.cluster.platform)
+    started = connect(cfg, platform)
+    try:
+        pool = RolloutPool(cfg.model, cfg.rollout, platform.name, timeout_s=cfg.cluster.call_timeout_s,
+                           name_prefix="eval-rollout")
+        try:
+            ev = evaluate_split(cfg, pool)
+        finally:
+            pool.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
+    out = write_evaluation(ev, cfg, out_dir or cfg.evaluation.output_dir)
+    print((out / "metrics.md").read_text())
+    return ev.metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rl.data import DatasetError
+    from rl.launch import parse_config, prepare
+
+    _, cfg = parse_config(argv, "python -m rl.evaluate", __doc__.splitlines()[0])
+    if cfg is None:
+        return 2
+    try:
+        prepare(cfg)
+        run_evaluation(cfg)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,10 +48,10 @@ def _grpo(cfg: Config) -> None:
 STAGES: dict[str, Callable[[Config], Config | None]] = {"preview": _preview, "sft": _sft, "grpo": _grpo}
 
 
-def build_parser(prog: str = "python -m rl.launch") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m rl.launch", description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Grounded GRPO for Qwen3-VL: run the configured pipeline (stages: "
+        description=description or "Grounded GRPO for Qwen3-VL: run the configured pipeline (stages: "
         + ", ".join(STAGES) + ").",
         epilog="Example: python -m rl.launch --config conf/default.yaml grpo.group_size=8 rollout.num_workers=2",
     )
@@ -64,17 +64,26 @@ def build_parser(prog: str = "python -m rl.launch") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, *, stages: list[str] | None = None, prog: str = "python -m rl.launch") -> int:
-    """Run `stages` (default: the config's pipeline); `python -m rl.sft` is this with stages=["sft"]."""
-    args = build_parser(prog).parse_args(argv)
+def parse_config(argv: list[str] | None, prog: str, description: str | None = None
+                 ) -> tuple[argparse.Namespace, Config | None]:
+    """The command line and its validated config; None (after printing the error) when it is bad.
+    Shared by every `python -m rl.X [--config Y] key=value` entry point."""
+    args = build_parser(prog, description).parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         print(f"error: overrides must look like key.path=value, got: {' '.join(bad)}", file=sys.stderr)
-        return 2
+        return args, None
     try:
-        cfg = load_config(args.config, args.overrides)
+        return args, load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return args, None
+
+
+def main(argv: list[str] | None = None, *, stages: list[str] | None = None, prog: str = "python -m rl.launch") -> int:
+    """Run `stages` (default: the config's pipeline); `python -m rl.sft` is this with stages=["sft"]."""
+    args, cfg = parse_config(argv, prog)
+    if cfg is None:
         return 2
     if args.print_config:
         print(cfg.to_yaml(), end="")
