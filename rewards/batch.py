@@ -1,12 +1,12 @@
 """`parse_batch`: parsing a whole batch of answers at once, the hot path of `score_batch`.
 
-Most answers are *regular*: every `<` of the region starts a `<box>` whose content has the form models
-write (`rewards.parse.FAST_SOURCE`: numbers only, `, ` or `,` between them), closed by `</box>`. The
-whole batch is joined into one string (NUL-separated) and scanned with numpy on its UTF-8 bytes: the
-`<` positions give every region's tags, the contents of the regions whose tags alternate are lexed
-and converted together (`rewards.lexer`), and one `str.split("<")` yields the labels. No Python
-loop per block. The other answers take the general path: a linear regex scan per answer and
-per-content checks. Both are linear in the input.
+The batch is joined into one NUL-separated string and scanned with numpy on its UTF-8 bytes
+(`rewards.scan`): the `<` positions give every text's answer region, tags and blocks, exactly as the
+contract's lazy regexes pair them. All block contents are lexed and converted together
+(`rewards.lexer`); the few the lexer does not take (unusual JSON, broken content) go one by one
+through `rewards.contents`. Labels are sliced out of the joined text and normalised once per distinct
+raw label. No Python loop per text; every step is linear in the input. Texts holding a NUL take the
+general path (a linear regex scan per text, `_parse_general`), which computes the same parse.
 """
 
 from __future__ import annotations
@@ -17,13 +17,9 @@ from itertools import repeat
 import numpy as np
 
 from rewards.contents import ContentBoxes, content_boxes
-from rewards.lexer import lex_boxes, windows
-from rewards.parse import ANSWER_OPEN, BOX_CLOSE, BOX_OPEN, answer_region, normalize_label, scan_blocks
-
-_SEP = "\x00"  # joins answers; an answer containing it takes the general path
-_LOW_BYTES = [np.uint64((1 << (8 * n)) - 1) for n in range(9)]  # masks of the first n bytes
-_OPEN_KEY = np.uint64(int.from_bytes(BOX_OPEN.encode(), "little"))
-_CLOSE_KEY = np.uint64(int.from_bytes(BOX_CLOSE.encode(), "little"))
+from rewards.lexer import lex_boxes
+from rewards.parse import BOX_CLOSE, BOX_OPEN, answer_region, normalize_label, scan_blocks
+from rewards.scan import SEP, Blocks, Joined, blocks
 
 
 @dataclass(frozen=True)
@@ -72,65 +68,38 @@ def _assemble(
     )
 
 
-def _label_text(piece: str) -> str:
-    """The raw label in a piece of the batch split at '<': a region's first block has the region's
-    text after the NUL that starts it, later blocks the text after the previous '</box>'."""
-    _, sep, tail = piece.rpartition(_SEP)
-    return tail if sep else piece[len(BOX_CLOSE) - 1 :]
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
 
 
-def _regular_tags(data: np.ndarray, seps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(positions of every '<', their region, which open a block, regions whose tags all alternate).
-
-    A region qualifies when its '<'s are, in order, `<box>`, `</box>`, `<box>`, ... ending with `</box>`.
-    """
-    lt = np.flatnonzero(data == ord("<"))
-    size = len(seps) - 1
-    region = np.searchsorted(seps, lt) - 1  # the NUL at seps[k] opens region k
-    # The 8 bytes from each '<' as one integer (`lexer.windows`), its first 5 or 6 bytes compared.
-    window = windows(np.concatenate([data, np.zeros(8, dtype=np.uint8)]))[lt]
-    is_open = (window & _LOW_BYTES[len(BOX_OPEN)]) == _OPEN_KEY
-    is_close = (window & _LOW_BYTES[len(BOX_CLOSE)]) == _CLOSE_KEY
-    per_region = np.bincount(region, minlength=size)
-    opening = (np.arange(len(lt)) - (np.cumsum(per_region) - per_region)[region]) % 2 == 0
-    misfit = np.bincount(region[np.where(opening, ~is_open, ~is_close)], minlength=size)
-    return lt, region, opening, (per_region % 2 == 0) & (misfit == 0)
-
-
-def _parse_regular(regions: list[str], vocab: dict[str, int]) -> tuple[np.ndarray, ParsedBatch]:
-    """(which regions are regular, the parse of those) from one numpy scan of the joined batch."""
-    size = len(regions)
-    if not size:
-        return np.zeros(0, dtype=bool), _parse_general([], vocab)
-    joined = _SEP + _SEP.join(regions) + _SEP
-    # UTF-8 never puts an ASCII byte inside a multi-byte character, so the tags are found byte-wise.
-    data = np.frombuffer(joined.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    seps = np.flatnonzero(data == 0)
-    if len(seps) != size + 1:  # some answer contains the separator: a lone '<' makes it irregular
-        joined = _SEP + _SEP.join("<" if _SEP in r else r for r in regions) + _SEP
-        data = np.frombuffer(joined.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-        seps = np.flatnonzero(data == 0)
-    lt, region, opening, tags_ok = _regular_tags(data, seps)
-    opens = np.flatnonzero(opening & tags_ok[region])  # each followed by its '</box>'
-    pieces = joined.split("<")  # piece k + 1 follows '<' number k
-    lengths = lt[opens + 1] - lt[opens] - 1  # bytes of PREFIX + content
-    text = "".join(map(pieces.__getitem__, (opens + 1).tolist()))
-    lexed = lex_boxes(
-        np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8), np.cumsum(lengths) - lengths
-    )
-    block_region = region[opens]
-    regular = tags_ok & (np.bincount(block_region[~lexed.fast], minlength=size) == 0)
-    mine = regular[block_region]  # blocks of regular regions (all their contents are fast)
-    counts = lexed.per_content[mine]
-    values = lexed.values[np.repeat(mine, lexed.per_content)]
+def _contents(joined: Joined, found: Blocks) -> ContentBoxes:
+    """Valid boxes of every block's content: lexed together, the rest one by one."""
+    lexed = lex_boxes(*joined.gather(found.open_pos + len("<"), found.close_pos))
+    counts = lexed.per_content
+    values = lexed.values
     owner = np.repeat(np.arange(len(counts)), counts)
     valid = (values[:, 0] < values[:, 2]) & (values[:, 1] < values[:, 3])  # the lexer's are all finite
-    bad = counts == 0  # an empty content: no box
+    bad = lexed.fast & (counts == 0)  # an empty content: no box
     bad[owner[~valid]] = True  # a block with an invalid box is flawed
-    n_blocks = np.bincount(block_region[mine], minlength=size)[regular].astype(np.int64)
-    labels = _label_ids(list(map(pieces.__getitem__, opens[mine].tolist())), vocab, _label_text)
-    found = ContentBoxes(values[valid], owner[valid], bad)
-    return regular, _assemble(n_blocks, n_blocks, n_blocks, labels, found)
+    boxes, owner = values[valid], owner[valid]
+    slow = np.flatnonzero(~lexed.fast)
+    if len(slow):
+        texts, is_str = joined.slices(found.open_pos[slow] + len(BOX_OPEN), found.close_pos[slow])
+        rest = content_boxes(texts if is_str else list(map(_decode, texts)))
+        bad[slow] = rest.bad
+        boxes, owner = np.concatenate([boxes, rest.boxes]), np.concatenate([owner, slow[rest.content]])
+        order = np.argsort(owner, kind="stable")
+        boxes, owner = boxes[order], owner[order]
+    return ContentBoxes(boxes, owner, bad)
+
+
+def _parse_joined(joined: Joined, vocab: dict[str, int]) -> ParsedBatch:
+    """The parse of the joined texts, from one numpy scan."""
+    found = blocks(joined)
+    labels, is_str = joined.slices(found.label_start, found.open_pos)
+    label_ids = _label_ids(labels, vocab, None if is_str else _decode)
+    n_blocks = np.bincount(found.text, minlength=len(joined.bounds) - 1).astype(np.int64)
+    return _assemble(n_blocks, found.n_open, found.n_close, label_ids, _contents(joined, found))
 
 
 def _parse_general(regions: list[str], vocab: dict[str, int]) -> ParsedBatch:
@@ -179,12 +148,15 @@ def _merge(parts: list[tuple[np.ndarray, ParsedBatch]], size: int) -> ParsedBatc
 def parse_batch(texts: list[str], vocab: dict[str, int] | None = None) -> ParsedBatch:
     """Parse every text: answer region, blocks, label ids (into `vocab`), boxes and tag counts."""
     vocab = {} if vocab is None else vocab
-    regions = [answer_region(t) if ANSWER_OPEN in t else t for t in texts]
-    regular, parsed = _parse_regular(regions, vocab)
-    parts = [(np.flatnonzero(regular), parsed)]
-    irregular = np.flatnonzero(~regular)
-    if len(irregular):
-        parts.append((irregular, _parse_general([regions[s] for s in irregular.tolist()], vocab)))
+    joined = Joined.of(texts)
+    if joined is not None:
+        return _parse_joined(joined, vocab)
+    odd = np.fromiter((SEP in t for t in texts), bool, len(texts))
+    plain, odd = np.flatnonzero(~odd), np.flatnonzero(odd)
+    joined = Joined.of([texts[k] for k in plain.tolist()])
+    assert joined is not None
+    parts = [(plain, _parse_joined(joined, vocab))]
+    parts.append((odd, _parse_general([answer_region(texts[k]) for k in odd.tolist()], vocab)))
     return _merge(parts, len(texts))
 
 

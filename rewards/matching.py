@@ -59,8 +59,16 @@ def greedy_sums(values: np.ndarray, n_rows: np.ndarray, n_cols: np.ndarray) -> t
     best_col = np.minimum.reduceat(np.where(values == row_max[pair_row], col, len(col)), row_start)
     width = int(n_cols.max())
     best_col = np.minimum(best_col, width - 1)  # only a NaN row could miss its maximum
-    sums = np.bincount(row_owner, weights=row_max, minlength=size)
-    return sums, _conflicts(row_owner, best_col, size, width)
+    return settle(row_owner, row_max, best_col, size, width)
+
+
+def settle(
+    row_owner: np.ndarray, row_max: np.ndarray, best_col: np.ndarray, n_matrices: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of row maxima, matrices where two rows share their best column) from per-row figures:
+    each row's matrix, maximum and best column (< width)."""
+    sums = np.bincount(row_owner, weights=row_max, minlength=n_matrices)
+    return sums, _conflicts(row_owner, best_col, n_matrices, width)
 
 
 def best_match_sums(values: np.ndarray, n_rows: np.ndarray, n_cols: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from itertools import repeat
 import numpy as np
 
 from rewards.batch import ParsedBatch, parse_batch
-from rewards.components import FlatBoxes, offsets, segments
+from rewards.components import FlatBoxes, distinct, offsets, segments
 
 _CACHE_LIMIT = 100_000  # distinct references kept; the cache is simply dropped when full
 
@@ -84,7 +84,7 @@ def _rows(parse: _Parse, rows: np.ndarray, vocab: dict[str, int]) -> _Rows:
     block_position = position[batch.block_sample]
     mine = block_position >= 0
     width = max(len(vocab), 1)
-    keys = np.unique(block_position[mine] * width + to_shared[batch.block_label[mine]])  # distinct labels
+    keys = distinct(block_position[mine] * width + to_shared[batch.block_label[mine]])  # distinct labels
     label_count = np.bincount(keys // width, minlength=len(rows)).astype(np.int64)
     return _Rows(boxes, counts, batch.n_blocks[rows], keys % width, label_count)
 
@@ -101,17 +101,19 @@ class References:
 
 def reference_batch(texts: list[str], vocab: dict[str, int]) -> References:
     """The references of a batch, label ids taken from (and added to) `vocab`."""
-    distinct = list(dict.fromkeys(texts))
-    position = {t: i for i, t in enumerate(distinct)}
+    unique_texts = list(dict.fromkeys(texts))
+    position = {t: i for i, t in enumerate(unique_texts)}
     index = np.fromiter(map(position.__getitem__, texts), np.int64, len(texts))
-    groups: dict[_Parse, tuple[list[int], list[int]]] = {}
-    for d, (parse, row) in enumerate(_entries(distinct)):
-        where, rows = groups.setdefault(parse, ([], []))
-        where.append(d)
-        rows.append(row)
-    parts = [_rows(parse, np.asarray(rows, dtype=np.int64), vocab) for parse, (_, rows) in groups.items()]
-    order = np.argsort(np.asarray([d for where, _ in groups.values() for d in where], dtype=np.int64))
-    found = _concat(parts).take(order) if len(parts) > 1 else (parts[0] if parts else _concat([]))
+    parses, rows = zip(*_entries(unique_texts), strict=True) if texts else ((), ())
+    row = np.asarray(rows, dtype=np.int64)
+    sources = list(dict.fromkeys(parses))  # usually one: the references missing from the cache
+    if len(sources) == 1:
+        found = _rows(sources[0], row, vocab)
+    else:
+        number = {parse: k for k, parse in enumerate(sources)}
+        which = np.fromiter(map(number.__getitem__, parses), np.int64, len(parses))
+        parts = [_rows(parse, row[which == k], vocab) for k, parse in enumerate(sources)]
+        found = _concat(parts).take(np.argsort(np.argsort(which, kind="stable")))
     owner, local = segments(found.label_count[index])
     return References(
         boxes=FlatBoxes.build(found.boxes, offsets(found.box_count)[index], found.box_count[index]),

@@ -13,7 +13,7 @@ from itertools import repeat
 import numpy as np
 from numpy.typing import ArrayLike
 
-from rewards import components
+from rewards import components, grids
 from rewards.batch import parse_batch
 from rewards.components import FlatBoxes
 from rewards.config import RewardConfig, resolve_extra
@@ -62,9 +62,9 @@ def score_batch(
         "label_accuracy": components.label_accuracy(
             pred.block_sample, pred.block_label, ref.labels, ref.label_count, len(vocab)
         ),
-        "giou": components.giou_reward(pred_boxes, ref.boxes, config.max_boxes),
+        "giou": grids.giou_reward(pred_boxes, ref.boxes, config.max_boxes),
         "tag_count": components.tag_count(ref.n_blocks, pred.n_blocks, pred.n_open, pred.n_close, pred.blocks_ok),
-        "overlap_penalty": components.overlap_penalty(pred_boxes, config.overlap_threshold, config.max_boxes),
+        "overlap_penalty": grids.overlap_penalty(pred_boxes, config.overlap_threshold, config.max_boxes),
         "overlong_penalty": components.overlong_penalty(
             lengths_arr, config.overlong_max_tokens, config.overlong_buffer, size
         ),

@@ -1,5 +1,6 @@
 """rewards.lexer: the numpy fast path for box contents accepts exactly the fast form and reads every
-number as json.loads does; rewards.batch: regular answers parse as the general path does."""
+number as json.loads does; rewards.batch: the batched numpy scan parses every answer (answer regions,
+stray and unbalanced tags, broken contents, non-ASCII) as the per-text general path does."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewards import parse_answer
-from rewards.batch import _parse_general, _parse_regular
+from rewards.batch import ParsedBatch, _parse_general, parse_batch
 from rewards.lexer import PREFIX, lex_boxes
-from rewards.parse import FAST_SOURCE
+from rewards.parse import FAST_SOURCE, answer_region
 
 FAST = re.compile(FAST_SOURCE)
 
@@ -111,8 +112,29 @@ def test_lexer_in_chunks_matches_one_piece(monkeypatch: pytest.MonkeyPatch) -> N
     np.testing.assert_array_equal(whole.fast, chunked.fast)
 
 
+def per_sample(parsed: ParsedBatch, vocab: dict[str, int]) -> list[tuple]:
+    """Each sample's parse, independent of how the batch orders its blocks."""
+    names = list(vocab)
+    out = []
+    for k in range(len(parsed.n_blocks)):
+        mine = np.flatnonzero(parsed.block_sample == k)
+        box = slice(parsed.box_start[k], parsed.box_start[k] + parsed.box_count[k])
+        rank = np.searchsorted(mine, parsed.box_block[box])
+        counts = [int(parsed.n_blocks[k]), int(parsed.n_open[k]), int(parsed.n_close[k]), bool(parsed.blocks_ok[k])]
+        out.append((counts, [names[b] for b in parsed.block_label[mine]], parsed.boxes[box].tolist(), rank.tolist()))
+    return out
+
+
+def assert_same_parse(texts: list[str]) -> None:
+    fast_vocab: dict[str, int] = {}
+    fast = parse_batch(texts, fast_vocab)
+    slow_vocab: dict[str, int] = {}
+    slow = _parse_general([answer_region(t) for t in texts], slow_vocab)
+    assert per_sample(fast, fast_vocab) == per_sample(slow, slow_vocab)
+
+
 @pytest.mark.parametrize(
-    "regions",
+    "texts",
     [
         ["Nodule <box>[1, 2, 3, 4]</box>", "no findings", "Mass. <box>[[5,6,7,8],[1,1,0,2]]</box> x"],
         [
@@ -123,18 +145,32 @@ def test_lexer_in_chunks_matches_one_piece(monkeypatch: pytest.MonkeyPatch) -> N
         ],
         ["a\x00b <box>[1,2,3,4]</box>", "/box> label <box>[1,2,3,4]</box>", "<box>[1,2,3,4]</box><box>[0,0,1,1]</box>"],
         ["\ud800 <box>[1,2,3,4]</box>", "F <box>[1,2,3,4]</box> tail"],
+        [
+            "a <box><box>[1,2,3,4]</box> b <box>[0,0,1,1]</box></box> c <box>[2,2,3,3]",
+            "x </box></box> y <box>[1e2, 2, 300, 4]</box> z <box>[[1,2,3,4],[true,1,2,3]]</box>",
+            "<think>t <box>[9,9,10,10]</box></think><answer>F <box>[1,2,3,4]</box></answer> <answer>G",
+            "<answer>a</answer><answer><answer>B <box>[ 1,2,3,4 ]</box></answer></answer>",
+            "<answer>unclosed <box>[1,2,3,4]</box>",
+            "</answer><answer></answer>x<box>[1,2,3,4]</box>",
+            "Σ <box>[1,2,3,4]</box> Δ <box>[5, 6, 7.5, 8]</box> É <box>[1, 2, \u00e9]</box>",
+        ],
+        ["", "<", "<box", "</box", "<box>", "</box>", "<answer>", "</answer", "\x00", "<box>\x00</box>"],
     ],
 )
-def test_regular_path_agrees_with_the_general_path(regions: list[str]) -> None:
-    fast_vocab: dict[str, int] = {}
-    regular, fast = _parse_regular(regions, fast_vocab)
-    picked = [r for r, ok in zip(regions, regular, strict=True) if ok]
-    slow_vocab: dict[str, int] = {}
-    slow = _parse_general(picked, slow_vocab)
-    fast_names, slow_names = list(fast_vocab), list(slow_vocab)
-    for name in ("n_blocks", "n_open", "n_close", "blocks_ok", "block_sample", "boxes", "box_block", "box_count"):
-        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
-    assert [fast_names[k] for k in fast.block_label] == [slow_names[k] for k in slow.block_label]
+def test_batched_scan_agrees_with_the_general_path(texts: list[str]) -> None:
+    assert_same_parse(texts)
+
+
+_SOUP = st.sampled_from(
+    ["<box>", "</box>", "<answer>", "</answer>", "<think>", "<", ">", "/", "box", "answer", " ", "\n", "A", "Σ",
+     "[1, 2, 3, 4]", "[[0,0,5,5],[1,1,2,2]]", "[", "]", ",", "1", "-0.5", "1e3", "null", ".", ":", "\x00"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_SOUP, max_size=14).map("".join), min_size=1, max_size=6))
+def test_batched_scan_agrees_with_the_general_path_on_token_soup(texts: list[str]) -> None:
+    assert_same_parse(texts)
 
 
 def test_parse_answer_on_the_fast_path() -> None:
