@@ -17,7 +17,7 @@ import numpy as np
 
 from rewards.components import FlatBoxes, offsets, segments
 from rewards.geometry import pair_scores
-from rewards.matching import exact_sums, settle
+from rewards.matching import Grid, exact_sums, one_row_short, settle
 
 _CELLS_PER_PIECE = 1 << 15  # cells of a grid computed at once: its temporaries stay in cache
 _LOOP_ROWS = 64  # grids up to this wide find first maxima by a loop over their rows
@@ -95,15 +95,28 @@ def giou_reward(pred: FlatBoxes, ref: FlatBoxes, max_boxes: int) -> np.ndarray:
         filled += giou.size
     sums, clashing = settle(row_sample, row_max, best, len(out), int(n_cols.max(initial=1)))
     if len(clashing):
-        # Their matrices, gathered row-major (a sample's rows are consecutive in its grid).
-        first_row = offsets(n_rows)[clashing]
-        owner, i, j = _cells(n_rows[clashing], n_cols[clashing])
-        matrices = values[cell[first_row][owner] + i + j * stride[first_row][owner]]
-        sums[clashing] = exact_sums(
-            matrices, offsets(n_rows[clashing] * n_cols[clashing]), n_rows[clashing], n_cols[clashing]
+        sums[clashing] = _exact(
+            Grid(values, cell, stride, row_max, best), offsets(n_rows)[clashing], n_rows[clashing], n_cols[clashing]
         )
     out[active] = np.clip(sums[active] / n_cols[active], 0.0, 1.0)
     return out
+
+
+def _exact(grid: Grid, first_row: np.ndarray, n_rows: np.ndarray, n_cols: np.ndarray) -> np.ndarray:
+    """Optimal sums of the matrices whose rows start at `first_row`: one augmenting path where a
+    single row is short of a column, the Hungarian algorithm (scipy) for the rest."""
+    sums = np.zeros(len(first_row))
+    picked, sums_picked = one_row_short(grid, first_row, n_rows, n_cols)
+    sums[picked] = sums_picked
+    rest = np.ones(len(first_row), dtype=bool)
+    rest[picked] = False
+    rest = np.flatnonzero(rest)
+    # Their matrices, gathered row-major (a sample's rows are consecutive in its grid).
+    owner, i, j = _cells(n_rows[rest], n_cols[rest])
+    rows = first_row[rest][owner] + i
+    matrices = grid.values[grid.cell[rows] + j * grid.stride[rows]]
+    sums[rest] = exact_sums(matrices, offsets(n_rows[rest] * n_cols[rest]), n_rows[rest], n_cols[rest])
+    return sums
 
 
 def _cells(n_rows: np.ndarray, n_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

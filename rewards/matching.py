@@ -11,6 +11,8 @@ Only the optimal sum matters to the reward, never the assignment itself, so:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
@@ -85,3 +87,76 @@ def best_match_sums(values: np.ndarray, n_rows: np.ndarray, n_cols: np.ndarray) 
         starts = np.cumsum(sizes) - sizes
         sums[clashing] = exact_sums(values, starts[clashing], n_rows[clashing], n_cols[clashing])
     return sums
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Score matrices stored anywhere in `values`: cell (row r, column j) at cell[r] + j * stride[r], rows
+    numbered globally; with each row's maximum and first best column."""
+
+    values: np.ndarray
+    cell: np.ndarray
+    stride: np.ndarray
+    row_max: np.ndarray
+    best: np.ndarray
+
+    def reduced(self, rows: np.ndarray, n_cols: np.ndarray, width: int) -> np.ndarray:
+        """(len(rows), width): row maximum minus each cell of the rows (>= 0), inf beyond n_cols."""
+        j = np.arange(width)
+        at = np.minimum(self.cell[rows][:, None] + j * self.stride[rows][:, None], len(self.values) - 1)
+        return np.where(j < n_cols[:, None], self.row_max[rows][:, None] - self.values[at], np.inf)
+
+
+def one_row_short(grid: Grid, first_row: np.ndarray, n_rows: np.ndarray, n_cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(which matrices, their optimal sums) among those whose rows' best columns are all distinct but one.
+
+    Such a matrix without that row is solved by the row maxima, an optimal partial matching (with dual
+    potentials u = row maximum, v = 0, every reduced cost u - value is >= 0). One shortest augmenting
+    path from the left-out row (Dijkstra over reduced costs, as in the Hungarian algorithm) completes
+    it optimally: the optimum is the sum of row maxima minus the path's cost. Vectorised over the
+    matrices, one column settled per step; most paths end after a step or two.
+    """
+    owner = np.repeat(np.arange(len(n_rows)), n_rows)
+    local = np.arange(len(owner)) - (np.cumsum(n_rows) - n_rows)[owner]
+    rows = first_row[owner] + local
+    width = int(n_cols.max(initial=1))
+    key = owner * width + grid.best[rows]
+    order = np.argsort(key, kind="stable")
+    spare = np.zeros(len(key), dtype=bool)  # a row whose best column an earlier row has
+    spare[order[1:]] = key[order[1:]] == key[order[:-1]]
+    single = np.bincount(owner[spare], minlength=len(n_rows)) == 1
+    picked = np.flatnonzero(single)
+    position = np.cumsum(single) - 1
+    mine = single[owner]
+    col_owner = np.full((len(picked), width), -1, dtype=np.int64)
+    matched = mine & ~spare
+    col_owner[position[owner[matched]], grid.best[rows[matched]]] = local[matched]
+    start = np.zeros(len(picked), dtype=np.int64)
+    start[position[owner[mine & spare]]] = rows[mine & spare]
+    totals = np.bincount(position[owner[mine]], weights=grid.row_max[rows[mine]], minlength=len(picked))
+    cost = _path_costs(grid, start, first_row[picked], n_cols[picked], col_owner)
+    return picked, totals - cost
+
+
+def _path_costs(
+    grid: Grid, start: np.ndarray, first_row: np.ndarray, n_cols: np.ndarray, col_owner: np.ndarray
+) -> np.ndarray:
+    """Cost of the shortest augmenting path from row `start` of each matrix to a free column."""
+    width = col_owner.shape[1]
+    cost = np.zeros(len(start))
+    dist = grid.reduced(start, n_cols, width)
+    visited = np.zeros(dist.shape, dtype=bool)
+    index = np.arange(len(start))
+    while len(index):
+        masked = np.where(visited, np.inf, dist)
+        column = masked.argmin(axis=1)
+        step = np.arange(len(index))
+        reached, row = masked[step, column], col_owner[step, column]
+        free = row < 0
+        cost[index[free]] = reached[free]
+        go = ~free
+        index, dist, visited, col_owner = index[go], dist[go], visited[go], col_owner[go]
+        n_cols, first_row, column, reached, row = n_cols[go], first_row[go], column[go], reached[go], row[go]
+        visited[np.arange(len(index)), column] = True
+        dist = np.minimum(dist, reached[:, None] + grid.reduced(first_row + row, n_cols, width))
+    return cost

@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from rewards import RewardConfig, score, score_batch
-from rewards.matching import best_match_sums, exact_sums
+from rewards.matching import Grid, best_match_sums, exact_sums, one_row_short
 
 REF2 = "Nodule <box>[10, 20, 30, 40]</box> Mass <box>[[100, 100, 300, 400], [50, 60, 70, 80]]</box>"
 
@@ -194,3 +194,42 @@ def test_extra_reward_must_be_finite() -> None:
     config = RewardConfig(extra={"tests.unit.rewards_extra:not_finite": 1.0})
     with pytest.raises(ValueError, match="not_finite"):
         score_batch(["a"], ["r"], config)
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "near duplicates"])
+def test_one_augmenting_path_matches_the_hungarian_algorithm(kind: str) -> None:
+    """The fast path for matrices whose rows' best columns clash once equals scipy's optimum;
+    matrices with any other clash pattern are left to scipy (not picked)."""
+    rng = np.random.default_rng(2)
+    shapes = [(n, m) for n in range(1, 10) for m in range(n, 13)] * 20
+    mats = []
+    for n, m in shapes:
+        if kind == "ties":
+            mats.append(rng.integers(0, 3, (n, m)).astype(float))
+        elif kind == "near duplicates":  # two rows nearly alike: they clash on their best column
+            mat = rng.random((n, m))
+            mat[-1] = mat[0] + rng.normal(0, 1e-3, m)
+            mats.append(mat)
+        else:
+            mats.append(rng.random((n, m)))
+    n_rows, n_cols = np.array(shapes).T
+    values = np.concatenate([m.ravel() for m in mats])
+    first_row = np.cumsum(n_rows) - n_rows
+    cell = np.concatenate(
+        [
+            start + m * np.arange(n)
+            for start, n, m in zip(np.cumsum(n_rows * n_cols) - n_rows * n_cols, n_rows, n_cols, strict=True)
+        ]
+    )
+    grid = Grid(
+        values,
+        cell,
+        np.ones(len(cell), dtype=np.int64),
+        np.concatenate([m.max(axis=1) for m in mats]),
+        np.concatenate([m.argmax(axis=1) for m in mats]),
+    )
+    picked, sums = one_row_short(grid, first_row, n_rows, n_cols)
+    assert len(picked) > 100
+    spare = [len(b) - len(set(b.tolist())) for b in (m.argmax(axis=1) for m in mats)]
+    assert picked.tolist() == [k for k, s in enumerate(spare) if s == 1]
+    np.testing.assert_allclose(sums, [scipy_sum(mats[k]) for k in picked], atol=1e-12)
