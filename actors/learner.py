@@ -35,11 +35,11 @@ from actors.learner_batch import (
     pad_rows,
     shard_for_learners,
 )
-from actors.remote import ActorCallError, gather
+from actors.remote import ActorCallError, gather, reachable_host
 from actors.weight_sync import TensorMeta, WeightSource
 from rl.config import Config
 from rl.grpo import grpo_loss, lr_factor, truncated_is_weights
-from rl.platform import get_platform
+from rl.platform import apply_env, get_platform
 
 __all__ = ["Learner", "LearnerError", "LearnerGroup", "PolicyLogprobs", "TrainSample"]
 
@@ -56,6 +56,7 @@ class Learner(WeightSource):
     def __init__(self, cfg: Config, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.platform = get_platform(cfg.cluster.platform)
+        apply_env(self.platform)  # before torch first touches the device: ROCm's visible-device variables
         torch.set_num_threads(cfg.learner.cpus_per_learner)  # Ray caps OMP threads at 1 otherwise
         torch.manual_seed(cfg.seed)
         self.engine: Any = None
@@ -66,11 +67,7 @@ class Learner(WeightSource):
 
     def master_address(self) -> tuple[str, int]:
         """Rank 0: the address and a free port for the process group's TCP store."""
-        host = self.cfg.cluster.host
-        if host in ("0.0.0.0", "::"):  # bound on every interface: advertise an address peers can reach
-            import ray
-
-            host = ray.util.get_node_ip_address()
+        host = reachable_host(self.cfg.cluster.host)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             return host, s.getsockname()[1]
@@ -394,7 +391,8 @@ class LearnerGroup:
     (`shard_for_learners`); answers come back in the caller's sample order."""
 
     def __init__(self, cfg: Config, num_learners: int | None = None, name_prefix: str = "learner",
-                 actor_options: dict[str, Any] | None = None):
+                 actor_options: dict[str, Any] | None = None, placement: Any = None):
+        """`placement`: an `actors.placement.Placement`; rank r goes to its bundle r (ranks ordered by node)."""
         import ray
 
         self.cfg = cfg
@@ -404,8 +402,9 @@ class LearnerGroup:
         options = {"num_cpus": cfg.learner.cpus_per_learner, "num_gpus": 1 if platform.has_accelerator else 0,
                    "runtime_env": {"env_vars": platform.actor_env()}, **(actor_options or {})}
         self.names = [f"{name_prefix}-{rank}" for rank in range(self.num_learners)]
-        self.actors = [ray.remote(Learner).options(name=name, **options).remote(cfg, rank, self.num_learners)
-                       for rank, name in enumerate(self.names)]
+        pinned = placement.learner_options if placement is not None else lambda rank: {}
+        self.actors = [ray.remote(Learner).options(name=name, **options, **pinned(rank)).remote(
+            cfg, rank, self.num_learners) for rank, name in enumerate(self.names)]
         try:
             addr, port = self._call("master_address", [self.actors[0].master_address.remote()], self.names[:1])[0]
             self.info = self._call("setup", [a.setup.remote(addr, port) for a in self.actors])

@@ -1,18 +1,25 @@
 """Placement: what the config's layout needs from the cluster, checked before any actor starts, and
-the Ray placement groups that pin learners and rollout engines.
+the Ray placement groups that pin learners and rollout engines to nodes.
 
 Layout: L learners, one accelerator each (one process with `learner.cpus_per_learner` CPUs on CPU),
-packed onto as few nodes as possible so their collective stays node-local; R rollout engines of TP
-accelerators each, every engine's tensor-parallel group inside one node; K reward actors on CPUs.
+R rollout engines of TP accelerators each, K reward actors on CPUs. On accelerators the node plan is
+`rl.config.pack_nodes`: learners fill whole nodes in rank order (the collective's ranks are ordered by
+node), engines take the rest first-fit with each TP group inside one node, and engine indices rise with
+the node (the weight-sync group, sender then engines in index order, stays node-contiguous). Each
+planned node becomes one STRICT_PACK placement group pinned to a Ray node by its `ray.io/node-id` label.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rl.config import Config
+from rl.config import Config, pack_nodes
 from rl.platform import Platform
+
+Resources = Mapping[str, float]
+NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries it (Ray >= 2.49)
 
 
 class PlacementError(RuntimeError):
@@ -35,6 +42,16 @@ class Layout:
         return out
 
 
+@dataclass(frozen=True)
+class NodeSlot:
+    """One planned node: the Ray node it is pinned to (an index into the node list given; None on CPU,
+    where one unpinned group holds everything) and the learner ranks and engines it hosts."""
+
+    node: int | None
+    learners: tuple[int, ...]
+    engines: tuple[int, ...]
+
+
 def layout(cfg: Config, platform: Platform) -> Layout:
     tp = cfg.rollout.tensor_parallel_size
     if platform.has_accelerator:
@@ -46,24 +63,80 @@ def layout(cfg: Config, platform: Platform) -> Layout:
                   cfg.rollout.num_workers)
 
 
-def validate(cfg: Config, platform: Platform, nodes: list[dict[str, float]]) -> Layout:
-    """Check the layout against the alive nodes' resources (as `ray.nodes()` reports them); raises
-    `PlacementError` naming each shortfall and the config keys behind it."""
-    plan = layout(cfg, platform)
+def usable_nodes(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> tuple[list[int], int]:
+    """Indices of the nodes that can host a planned node (enough accelerators, of the configured type),
+    and the accelerators per planned node: `cluster.gpus_per_node`, else the fewest any GPU node has."""
+    key, want = platform.ray_accelerator, cfg.cluster.accelerator_type
+    counts = [int(n.get(key, 0)) for n in nodes]
+    per_node = cfg.cluster.gpus_per_node or min((c for c in counts if c), default=0)
+    ok = [i for i, n in enumerate(nodes)
+          if counts[i] and counts[i] >= per_node and (want is None or f"accelerator_type:{want}" in n)]
+    return ok, per_node
+
+
+def plan_nodes(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> list[NodeSlot]:
+    """Which learner ranks and engines go to which of `nodes` (see the module docstring)."""
+    learners, engines = cfg.learner.num_learners, cfg.rollout.num_workers
+    if not platform.has_accelerator:
+        return [NodeSlot(None, tuple(range(learners)), tuple(range(engines)))]
+    ok, per_node = usable_nodes(cfg, platform, nodes)
+    tp = cfg.rollout.tensor_parallel_size
+    if tp > per_node:
+        raise PlacementError(f"rollout.tensor_parallel_size={tp} does not fit one node "
+                             f"(at most {per_node} {platform.ray_accelerator} per node)")
+    packed = pack_nodes(learners, engines, tp, per_node)
+    if len(packed) > len(ok):
+        raise PlacementError(
+            f"learner.num_learners={learners} + rollout.num_workers={engines} x TP {tp} need {len(packed)} nodes "
+            f"of {per_node} {platform.ray_accelerator}{_type_note(cfg)}; Ray reports {len(ok)} such nodes "
+            f"(per node: {_describe(nodes, platform.ray_accelerator)})")
+    return [NodeSlot(ok[k], tuple(ranks), tuple(eng)) for k, (ranks, eng) in enumerate(packed)]
+
+
+def _type_note(cfg: Config) -> str:
+    return f" of type {cfg.cluster.accelerator_type}" if cfg.cluster.accelerator_type else ""
+
+
+def _describe(nodes: Sequence[Resources], key: str) -> str:
+    def one(n: Resources) -> str:
+        types = [k.split(":", 1)[1] for k in n if k.startswith("accelerator_type:")]
+        return f"{n.get(key, 0):g}" + (f" {types[0]}" if types else "")
+
+    return ", ".join(one(n) for n in nodes) or "no nodes"
+
+
+def _shortfalls(plan: Layout, nodes: Sequence[Resources]) -> list[str]:
     have: dict[str, float] = {}
     for node in nodes:
         for key, value in node.items():
             have[key] = have.get(key, 0.0) + value
+    return [f"{need:g} {key} needed, the cluster has {have.get(key, 0.0):g}"
+            for key, need in plan.total().items() if have.get(key, 0.0) < need]
+
+
+def _shape_problems(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> list[str]:
+    """The declared cluster (cluster.nodes x cluster.gpus_per_node of cluster.accelerator_type) against
+    what Ray reports, then whether the node plan fits."""
+    c, key = cfg.cluster, platform.ray_accelerator
+    ok, per_node = usable_nodes(cfg, platform, nodes)
     problems = []
-    for key, need in plan.total().items():
-        if have.get(key, 0.0) < need:
-            problems.append(f"{need:g} {key} needed, the cluster has {have.get(key, 0.0):g}")
+    if c.nodes is not None and len(ok) < c.nodes:
+        problems.append(f"cluster.nodes={c.nodes} x cluster.gpus_per_node={per_node} {key}{_type_note(cfg)} "
+                        f"expected, Ray reports {len(ok)} such nodes (per node: {_describe(nodes, key)})")
+    try:
+        plan_nodes(cfg, platform, nodes)
+    except PlacementError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def validate(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> Layout:
+    """Check the layout against the alive nodes' resources (as `ray.nodes()` reports them); raises
+    `PlacementError` naming each shortfall and the config keys behind it."""
+    plan = layout(cfg, platform)
+    problems = _shortfalls(plan, nodes)
     if platform.has_accelerator:
-        per_node = max((n.get(platform.ray_accelerator, 0.0) for n in nodes), default=0.0)
-        tp = cfg.rollout.tensor_parallel_size
-        if tp > per_node:
-            problems.append(f"rollout.tensor_parallel_size={tp} does not fit one node "
-                            f"(at most {per_node:g} {platform.ray_accelerator} per node)")
+        problems += _shape_problems(cfg, platform, nodes)
     if problems:
         raise PlacementError(
             "the cluster cannot hold this layout: " + "; ".join(problems)
@@ -72,51 +145,89 @@ def validate(cfg: Config, platform: Platform, nodes: list[dict[str, float]]) -> 
     return plan
 
 
-def cluster_nodes() -> list[dict[str, float]]:
+def alive_nodes() -> list[tuple[str, dict[str, float]]]:
+    """(node id, resources) of every alive node, in a stable order: the head first (the driver runs
+    there), then by address and id."""
     import ray
 
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes.sort(key=lambda n: ("node:__internal_head__" not in n["Resources"], n["NodeManagerAddress"], n["NodeID"]))
+    return [(n["NodeID"], dict(n["Resources"])) for n in nodes]
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    return [resources for _, resources in alive_nodes()]
+
+
+def sync_group_nodes(slots: Sequence[NodeSlot], tp: int) -> list[int | None]:
+    """The node of every rank of the weight-sync group: the sender (learner rank 0), then each engine's
+    TP workers in engine order (`actors.weight_sync.WeightSync.connect`)."""
+    where = {e: s.node for s in slots for e in s.engines}
+    sender = next(s.node for s in slots if 0 in s.learners)
+    return [sender] + [where[e] for e in sorted(where) for _ in range(tp)]
 
 
 @dataclass
 class Placement:
-    """Placement groups for one run; `learner_options` / `engine_options(i)` go to `.options(...)`."""
+    """One placement group per planned node; `learner_options(rank)` / `engine_options(i)` go to
+    `.options(...)` of the actor."""
 
-    learners: Any
-    engines: list[Any]
+    groups: list[Any]
+    slots: list[NodeSlot]
+    learner_bundles: dict[int, tuple[int, int]]  # rank -> (group, bundle index)
+    engine_bundles: dict[int, tuple[int, int]]  # engine -> (group, bundle index)
 
-    def learner_options(self) -> dict[str, Any]:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.learners)}
+    def learner_options(self, rank: int) -> dict[str, Any]:
+        return self._options(*self.learner_bundles[rank], capture=False)
 
     def engine_options(self, index: int) -> dict[str, Any]:
+        # capture_child_tasks: vLLM's own workers for TP > 1 stay in the engine's bundle.
+        return self._options(*self.engine_bundles[index], capture=True)
+
+    def _options(self, group: int, bundle: int, capture: bool) -> dict[str, Any]:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        # capture_child_tasks: vLLM's own workers for TP > 1 stay in the engine's bundle.
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-            self.engines[index], placement_group_capture_child_tasks=True)}
+            self.groups[group], placement_group_bundle_index=bundle, placement_group_capture_child_tasks=capture)}
+
+    def bundle_nodes(self) -> list[list[str]]:
+        """The Ray node id of every bundle, group by group (what Ray actually reserved)."""
+        from ray.util import placement_group_table
+
+        tables = [placement_group_table(g)["bundles_to_node_id"] for g in self.groups]
+        return [[table[i] for i in sorted(table)] for table in tables]
 
     def remove(self) -> None:
         from ray.util import remove_placement_group
 
-        for group in (self.learners, *self.engines):
+        for group in self.groups:
             remove_placement_group(group)
 
 
-def place(cfg: Config, platform: Platform, timeout_s: float) -> Placement:
-    """Validate, then reserve: learners PACKed (node-local collectives), each engine STRICT_PACKed
-    (its TP group on one node)."""
+def place(cfg: Config, platform: Platform, timeout_s: float, name: str = "grpo") -> Placement:
+    """Validate against the cluster, then reserve one group per planned node: STRICT_PACK pinned to
+    its node on accelerators, one PACK group on CPU. Learner bundles first, then engine bundles."""
     import ray
-    from ray.util import placement_group
+    from ray.util import placement_group, remove_placement_group
 
-    plan = validate(cfg, platform, cluster_nodes())
-    learners = placement_group([plan.learner_bundle] * plan.learners, strategy="PACK", name="learners")
-    engines = [placement_group([plan.engine_bundle], strategy="STRICT_PACK", name=f"rollout-{i}")
-               for i in range(plan.engines)]
-    ready, pending = ray.wait([g.ready() for g in (learners, *engines)], num_returns=1 + len(engines),
-                              timeout=timeout_s)
+    nodes = alive_nodes()
+    plan = validate(cfg, platform, [resources for _, resources in nodes])
+    slots = plan_nodes(cfg, platform, [resources for _, resources in nodes])
+    groups, learner_bundles, engine_bundles = [], {}, {}
+    for g, slot in enumerate(slots):
+        bundles = [plan.learner_bundle] * len(slot.learners) + [plan.engine_bundle] * len(slot.engines)
+        learner_bundles.update({rank: (g, i) for i, rank in enumerate(slot.learners)})
+        engine_bundles.update({e: (g, len(slot.learners) + i) for i, e in enumerate(slot.engines)})
+        if slot.node is None:
+            groups.append(placement_group(bundles, strategy="PACK", name=f"{name}-all"))
+        else:
+            pin = [{NODE_ID_LABEL: nodes[slot.node][0]}] * len(bundles)
+            groups.append(placement_group(bundles, strategy="STRICT_PACK", name=f"{name}-node{g}",
+                                          bundle_label_selector=pin))
+    ready, pending = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=timeout_s)
     if pending:
+        for group in groups:
+            remove_placement_group(group)
         raise PlacementError(f"placement groups not ready within {timeout_s:.0f} s: the cluster reported "
-                             f"enough resources but could not pack them ({len(pending)} groups pending)")
-    return Placement(learners, engines)
+                             f"enough resources but could not pack them ({len(pending)} of {len(groups)} pending)")
+    return Placement(groups, slots, learner_bundles, engine_bundles)

@@ -7,6 +7,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+
+def reachable_host(host: str) -> str:
+    """The address peers should dial for a service bound to `host` in this process: a wildcard bind
+    (multi-node configs set cluster.host: 0.0.0.0) is advertised as this node's IP, which other nodes
+    reach; loopback stays loopback (single node)."""
+    if host not in WILDCARD_HOSTS:
+        return host
+    import ray
+
+    return ray.util.get_node_ip_address()
+
 
 class ActorCallError(RuntimeError):
     """An actor died, hung past the deadline, or raised; the message names it and the phase."""

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import xxhash
 
-from actors.remote import ActorCallError, gather
+from actors.remote import ActorCallError, gather, reachable_host
 from rl.platform import Platform
 
 EXTENSION = "actors.weight_sync.WeightReceiver"
@@ -231,9 +231,12 @@ class WeightSource(ABC):
     def weight_plan(self, bucket_mb: float) -> list[list[list]]:
         return plan_to_wire(plan_buckets(self.weight_metas(), bucket_mb))
 
-    def open_weight_sync(self, host: str, world_size: int, backend: str, timeout_s: float, device: str) -> int:
+    def open_weight_sync(self, host: str, world_size: int, backend: str, timeout_s: float,
+                         device: str) -> tuple[str, int]:
+        """Host the rendezvous; returns the (address, port) receivers dial: on a wildcard `host` this
+        node's IP, so engines on other nodes reach it."""
         self._sender = WeightSender(host, world_size, backend, timeout_s, device)
-        return self._sender.port
+        return reachable_host(host), self._sender.port
 
     def connect_weight_sync(self) -> None:
         self._sender.connect()
@@ -322,9 +325,11 @@ class WeightSync:
         tp = self.pool.tensor_parallel_size
         world = 1 + len(self.pool.workers) * tp
         backend, device = self.platform.dist_backend, self.platform.device_type
-        (port,) = self._wait("open", [self.source.open_weight_sync.remote(self.host, world, backend,
-                                                                          self.timeout_s, device)], [self.source_name])
-        joins = [w.init_weight_sync.remote(self.host, port, 1 + i * tp, world, backend, self.timeout_s)
+        ((address, port),) = self._wait("open", [self.source.open_weight_sync.remote(
+            self.host, world, backend, self.timeout_s, device)], [self.source_name])
+        # Ranks: 0 the sender, then each engine's TP workers in pool order, which placement makes node
+        # order (actors.placement): a broadcast ring then crosses each node boundary once.
+        joins = [w.init_weight_sync.remote(address, port, 1 + i * tp, world, backend, self.timeout_s)
                  for i, w in enumerate(self.pool.workers)]
         self._wait("connect", [self.source.connect_weight_sync.remote(), *joins])
         # Listing the weights is not collective (shapes only), so the source alone answers.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -152,6 +152,12 @@ class ClusterConfig(Section):
     num_cpus: int | None = None  # local Ray only
     reward_workers: int = Field(default=1, ge=1)
     call_timeout_s: float = Field(default=600, gt=0)  # every remote call; names actor and phase on expiry
+    # The cluster this config is written for, checked against what Ray reports before any actor starts.
+    # null: take whatever Ray has (a laptop, CI); set them for a real deployment so a missing node or a
+    # wrong GPU is an error naming it, not a hang in a placement group.
+    nodes: int | None = Field(default=None, ge=1)
+    gpus_per_node: int | None = Field(default=None, ge=1)
+    accelerator_type: str | None = None  # as Ray names it, e.g. AMD-Instinct-MI210 (resource accelerator_type:X)
 
 
 class LoggingConfig(Section):
@@ -249,9 +255,30 @@ class Config(Section):
                 f"grpo.prompts_per_step x grpo.group_size = {sequences} sequences per step is not divisible "
                 f"by grpo.num_mini_batches x learner.num_learners x learner.micro_batch_size = {per_step}"
             )
+        self._check_nodes()
         if self.grpo.clip_high < self.grpo.clip_low:
             raise ValueError(f"grpo.clip_high ({self.grpo.clip_high}) < grpo.clip_low ({self.grpo.clip_low})")
         return self
+
+    def _check_nodes(self) -> None:
+        """Learners and engines must tile the declared nodes: e.g. 48 learners x 1 GPU fill nodes 0-5 and
+        16 engines x TP 1 fill nodes 6-7 = 8 nodes x 8 GPUs."""
+        c, tp = self.cluster, self.rollout.tensor_parallel_size
+        if c.gpus_per_node is None:
+            if c.nodes is not None:
+                raise ValueError(f"cluster.nodes={c.nodes} needs cluster.gpus_per_node as well")
+            return
+        if c.gpus_per_node % tp:
+            raise ValueError(f"rollout.tensor_parallel_size={tp} does not divide cluster.gpus_per_node="
+                             f"{c.gpus_per_node}: every engine's TP group must sit inside one node")
+        used = len(pack_nodes(self.learner.num_learners, self.rollout.num_workers, tp, c.gpus_per_node))
+        if c.nodes is not None and used > c.nodes:
+            need = self.learner.num_learners + self.rollout.num_workers * tp
+            raise ValueError(
+                f"learner.num_learners={self.learner.num_learners} x 1 GPU + rollout.num_workers="
+                f"{self.rollout.num_workers} x rollout.tensor_parallel_size={tp} = {need} GPUs need {used} nodes of "
+                f"cluster.gpus_per_node={c.gpus_per_node} (learners packed first, each engine inside one node), "
+                f"but cluster.nodes={c.nodes}")
 
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"rewards"})
@@ -260,6 +287,27 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.create(self.to_dict()))
+
+
+def pack_nodes(learners: int, engines: int, tp: int, per_node: int) -> list[tuple[list[int], list[int]]]:
+    """(learner ranks, engine indices) per node. Learners fill nodes in rank order (rank r on node
+    r // per_node): the learners' collective ranks are ordered by node, so ring neighbours share a node
+    wherever they can. Engines then take the free accelerators first-fit, each engine's TP group whole on
+    one node; engine indices therefore rise with the node, which keeps the weight-sync group (sender =
+    learner rank 0, then every engine in index order) node-contiguous."""
+    if tp > per_node:
+        raise ValueError(f"a TP group of {tp} does not fit a node of {per_node}")
+    nodes: list[tuple[list[int], list[int]]] = [(list(range(r, min(r + per_node, learners))), [])
+                                                for r in range(0, learners, per_node)]
+    free = [per_node - len(ranks) for ranks, _ in nodes]
+    for engine in range(engines):
+        k = next((k for k, f in enumerate(free) if f >= tp), len(nodes))
+        if k == len(nodes):
+            nodes.append(([], []))
+            free.append(per_node)
+        nodes[k][1].append(engine)
+        free[k] -= tp
+    return nodes
 
 
 def _format_errors(err: ValidationError) -> str:
@@ -292,13 +340,28 @@ def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """One YAML file; a top-level `base: other.yaml` (relative to the file) is merged under it first, so
+    a variant (e.g. the 2-node MedMO config) states only what differs from the config it derives from."""
+    node = OmegaConf.load(path)
+    base = node.pop("base", None) if isinstance(node, DictConfig) else None
+    if base is None:
+        return node
+    parent = (path.parent / str(base)).resolve()
+    if parent in seen or parent == path.resolve():
+        raise ConfigError(f"{path}: base: {base} loops back to a file already loaded")
+    if not parent.is_file():
+        raise ConfigError(f"{path}: base: {base}: file not found ({parent})")
+    return OmegaConf.merge(_load_yaml(parent, (*seen, path.resolve())), node)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """YAML (default conf/default.yaml) + omegaconf dotlist overrides -> validated `Config`."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        merged = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+        merged = OmegaConf.merge(_load_yaml(path), OmegaConf.from_dotlist(list(overrides or [])))
         raw = OmegaConf.to_container(merged, resolve=True)
     except (OmegaConfBaseException, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc

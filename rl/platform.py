@@ -10,6 +10,7 @@ never branches on torch.version or environment variables itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ class Platform:
     deepspeed_accelerator: str  # value of DS_ACCELERATOR
     vllm_device: str  # value of VLLM_TARGET_DEVICE
     ray_accelerator: str | None  # Ray resource an actor reserves per accelerator; None on CPU
+    visible_devices_var: str | None  # the variable Ray narrows per actor (Ray 2.60: HIP_VISIBLE_DEVICES on AMD)
 
     @property
     def has_accelerator(self) -> bool:
@@ -49,29 +51,42 @@ class Platform:
             # vLLM-CPU binds OpenMP threads to cores; on shared 2-core machines let the OS schedule.
             env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
         if self.name == "rocm":
-            # Ray sets HIP/ROCR_VISIBLE_DEVICES per actor; vLLM and torch then see one device.
-            # Keeping Ray from also narrowing them on the driver is the cluster launcher's job.
+            # Kernel arguments in device memory: AMD's recommended setting for vLLM on Instinct GPUs.
             env["HIP_FORCE_DEV_KERNARG"] = "1"
         return env
 
     def ray_init_env(self) -> dict[str, str]:
         """Environment for the Ray processes themselves (set before `ray start` / `ray.init`).
 
-        On ROCm, Ray's own ROCR/HIP_VISIBLE_DEVICES handling hides devices from vLLM's workers unless
-        these are set (as verl's AMD guide says)."""
-        if self.name == "rocm":
-            return {
-                "RAY_EXPERIMENTAL_NOSET_ROCR_VISIBLE_DEVICES": "1",
-                "RAY_EXPERIMENTAL_NOSET_HIP_VISIBLE_DEVICES": "1",
-            }
+        Nothing on any platform: our actors rely on Ray narrowing the visible devices per actor (a
+        learner is LOCAL_RANK 0 of exactly one device, an engine sees exactly its TP devices). The
+        RAY_EXPERIMENTAL_NOSET_*_VISIBLE_DEVICES switches some ROCm recipes set would show every actor
+        all of a node's GPUs, and every learner on a node would then train on GPU 0; the launchers
+        (launch/slurm, launch/docker) clear them."""
         return {}
+
+    def device_env(self, environ: Mapping[str, str]) -> dict[str, str | None]:
+        """What an actor process must change in `environ` (as Ray started it) before torch or vLLM
+        touch the device; None removes a variable.
+
+        ROCm: Ray narrows HIP_VISIBLE_DEVICES. ROCR_VISIBLE_DEVICES (set by Slurm or a container)
+        narrows below HIP, which then indexes into ROCR's list instead of the physical GPUs: drop it,
+        keeping its list when Ray set none. vLLM's ROCm platform refuses a CUDA_VISIBLE_DEVICES that
+        differs from HIP_VISIBLE_DEVICES (a node may carry a stale one): mirror HIP's."""
+        if self.name != "rocm":
+            return {}
+        devices = environ.get("HIP_VISIBLE_DEVICES") or environ.get("ROCR_VISIBLE_DEVICES")
+        if not devices:
+            return {}
+        return {"HIP_VISIBLE_DEVICES": devices, "CUDA_VISIBLE_DEVICES": devices, "ROCR_VISIBLE_DEVICES": None}
 
 
 _PLATFORMS: dict[str, Platform] = {
-    "cuda": Platform("cuda", "cuda", "nccl", "cuda", "cuda", "GPU"),
-    # Ray counts AMD GPUs as "GPU" too; vLLM's ROCm build reports its platform itself.
-    "rocm": Platform("rocm", "cuda", "nccl", "cuda", "rocm", "GPU"),
-    "cpu": Platform("cpu", "cpu", "gloo", "cpu", "cpu", None),
+    "cuda": Platform("cuda", "cuda", "nccl", "cuda", "cuda", "GPU", "CUDA_VISIBLE_DEVICES"),
+    # Ray counts AMD GPUs as "GPU" too. DeepSpeed has no separate ROCm accelerator: its "cuda" one runs
+    # on HIP builds of torch. torch.distributed's "nccl" backend is RCCL there.
+    "rocm": Platform("rocm", "cuda", "nccl", "cuda", "rocm", "GPU", "HIP_VISIBLE_DEVICES"),
+    "cpu": Platform("cpu", "cpu", "gloo", "cpu", "cpu", None, None),
 }
 
 
@@ -92,7 +107,14 @@ def get_platform(name: str = "auto") -> Platform:
     return _PLATFORMS["cpu"]
 
 
-def apply_env(platform: Platform) -> None:
-    """Set the platform's variables in this process (the driver), without overriding the user's."""
+def apply_env(platform: Platform, environ: MutableMapping[str, str] | None = None) -> None:
+    """Set the platform's variables in this process (driver or actor), without overriding the user's,
+    then fix the visible-device variables (`Platform.device_env`)."""
+    environ = os.environ if environ is None else environ
     for key, value in {**platform.ray_init_env(), **platform.actor_env()}.items():
-        os.environ.setdefault(key, value)
+        environ.setdefault(key, value)
+    for key, value in platform.device_env(environ).items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
