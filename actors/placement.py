@@ -119,15 +119,14 @@ def _shape_problems(cfg: Config, platform: Platform, nodes: Sequence[Resources])
     what Ray reports, then whether the node plan fits."""
     c, key = cfg.cluster, platform.ray_accelerator
     ok, per_node = usable_nodes(cfg, platform, nodes)
-    problems = []
-    if c.nodes is not None and len(ok) < c.nodes:
-        problems.append(f"cluster.nodes={c.nodes} x cluster.gpus_per_node={per_node} {key}{_type_note(cfg)} "
-                        f"expected, Ray reports {len(ok)} such nodes (per node: {_describe(nodes, key)})")
+    if c.nodes is not None and len(ok) < c.nodes:  # the declared cluster is missing: say that alone
+        return [f"cluster.nodes={c.nodes} x cluster.gpus_per_node={per_node} {key}{_type_note(cfg)} "
+                f"expected, Ray reports {len(ok)} such nodes (per node: {_describe(nodes, key)})"]
     try:
         plan_nodes(cfg, platform, nodes)
     except PlacementError as exc:
-        problems.append(str(exc))
-    return problems
+        return [str(exc)]
+    return []
 
 
 def validate(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> Layout:
