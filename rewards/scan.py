@@ -84,7 +84,9 @@ class Tags:
         kind[(window & _low(len(BOX_CLOSE))) == _key(BOX_CLOSE)] = CLOSE
         kind[window == _key(ANSWER_OPEN)] = ANSWER_START
         kind[(window == _key(ANSWER_CLOSE)) & (data[pos + 8] == ord(">"))] = ANSWER_END
-        return cls(pos, np.searchsorted(joined.bounds, pos) - 1, kind)
+        # Text of each `<`: the `<`s before each separator, counted by a search per text (not per tag).
+        per_text = np.diff(np.searchsorted(pos, joined.bounds))
+        return cls(pos, np.repeat(np.arange(len(per_text)), per_text), kind)
 
     def take(self, index: np.ndarray) -> Tags:
         return Tags(self.pos[index], self.text[index], self.kind[index])
