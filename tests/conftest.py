@@ -88,3 +88,28 @@ def other_checkpoint(tiny_config) -> Path:
 
     tiny = tiny_config.model.tiny.model_copy(update={"seed": 1})
     return build_tiny_model(CACHE / "tiny-qwen3vl-seed1", tiny)
+
+
+# The demo's SFT (conf/default.yaml's sft section) on the demo's data: 2000 synthetic train rows, 64 val.
+SFT_DEMO_DATA = CACHE / "synthetic-demo"
+
+
+def sft_overrides(out: Path, model: Path, data: Path = SFT_DEMO_DATA, **sft: object) -> list[str]:
+    """rl.sft / rl.launch overrides that keep every output of a run under `out`."""
+    base = {"output_dir": out / "sft", "state_dir": out / "steps", **sft}
+    return [f"model.path={model}", f"data.path={data}", f"logging.dir={out / 'runs'}",
+            f"checkpoint.dir={out / 'ckpt'}", *(f"sft.{k}={v}" for k, v in base.items())]
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory, tiny_model_dir: Path) -> tuple[Config, dict]:
+    """One full SFT run through the CLI with the demo's settings, once per session: the SFT tests check
+    it, the GRPO learning test starts from its checkpoint. Returns its config and sft_summary.json."""
+    import json
+
+    from rl.sft import SUMMARY, main
+
+    overrides = sft_overrides(tmp_path_factory.mktemp("sft-demo"), tiny_model_dir, eval_every=100, log_every=20)
+    assert main(overrides) == 0
+    cfg = load_config(overrides=overrides)
+    return cfg, json.loads((Path(cfg.sft.output_dir) / SUMMARY).read_text())

@@ -1,0 +1,126 @@
+"""SFT for real on the CPU: the tiny random Qwen3-VL learns the grounding format on synthetic data, the
+checkpoint loads in transformers and vLLM as-is, an interrupted run resumes exactly, and several
+processes train together (torchrun, gloo).
+
+The learnability run is the demo's SFT (`sft_run` in tests/conftest.py, ~5 minutes on 2 idle cores); it runs
+once per session and the GRPO learning test starts from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rl.config import load_config
+from rl.sft import SUMMARY, continue_from_sft, main, run_dir
+from rl.sft_data import RUN_MARKER
+from tests.conftest import sft_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _overrides(tmp: Path, model: Path, data: Path, **sft: object) -> list[str]:
+    return sft_overrides(tmp, model, data, data_path=data, **sft)
+
+
+def test_sft_teaches_the_grounding_format(sft_run):
+    cfg, summary = sft_run
+    before, after = summary["before"], summary["after"]
+    print(f"\nSFT {summary['steps']} steps, {summary['samples_per_s']:.1f} samples/s\n"
+          f"before {before}\nafter  {after}")
+    assert summary["steps"] == cfg.sft.num_steps and summary["val_rows"] == 64
+    assert after["tag_count"] >= 0.9  # held-out images answered in the grounding format
+    assert after["giou"] >= before["giou"] + 0.15  # and the boxes land far better than the random model's
+    assert summary["eval_loss"] < 1.0 and summary["samples_per_s"] > 0
+
+
+def test_tensorboard_has_the_sft_scalars(sft_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, _ = sft_run
+    events = EventAccumulator(str(Path(cfg.logging.dir) / "sft"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"sft/loss", "sft/eval_loss", "sft/lr", "sft/samples_per_s", "sft/val/giou", "sft/val/tag_count"} <= tags
+    assert [e.step for e in events.Scalars("sft/val/giou")] == [0, cfg.sft.num_steps]  # before and after
+    losses = [e.value for e in events.Scalars("sft/loss")]
+    assert losses[-1] < losses[0] / 3
+
+
+def test_checkpoint_is_a_complete_hf_checkpoint(sft_run):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rl.data import chat_messages, load_image, load_split
+
+    cfg, _ = sft_run
+    out = Path(cfg.sft.output_dir)
+    for name in ("config.json", "model.safetensors", "generation_config.json", "processor_config.json",
+                 "tokenizer.json", "chat_template.jinja", "trainer_state.json", RUN_MARKER):
+        assert (out / name).is_file(), name
+    assert not list(out.parent.glob(".sft.tmp-*"))
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.image_processor.size == cfg.model.processor_size()
+    model = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
+    row = load_split(Path(cfg.data.path) / "val.jsonl").rows[0]
+    text = processor.apply_chat_template(chat_messages(row.prompt), add_generation_prompt=True)
+    inputs = processor(text=[text], images=[load_image(row.image)], return_tensors="pt")
+    ids = model.generate(**inputs, max_new_tokens=cfg.rollout.max_tokens, do_sample=False)
+    answer = processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "<box>" in answer or answer == "No findings."
+
+
+def test_checkpoint_serves_in_vllm_as_is(sft_run, capsys):
+    """The next stage (here the preview) starts a vLLM engine straight on the SFT checkpoint."""
+    from actors.rollout import build_engine
+    from rl.platform import apply_env, get_platform
+    from rl.preview import run_preview
+
+    cfg, _ = sft_run
+    nxt = continue_from_sft(cfg)
+    platform = get_platform("cpu")
+    apply_env(platform)
+    engine = build_engine(nxt.model, nxt.rollout, platform)
+    try:
+        records = run_preview(nxt, num_rows=4, engine=engine)
+    finally:
+        engine.llm_engine.engine_core.shutdown()
+    assert sum(r["tag_count"] for r in records) / len(records) >= 0.75
+    assert f"greedy answers from {cfg.sft.output_dir}" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, synthetic_dir):
+    """Train 4 steps straight; separately stop after step 2 (its checkpoint survives, the step-4 one is torn
+    by the 'crash') and run again: it resumes from step 2 and ends with the same weights."""
+    from safetensors.torch import load_file
+
+    common = dict(num_steps=4, micro_batch_size=8, save_every=2, keep_last=3, eval_every=2,
+                  grounding_eval_rows=2, eval_batch_size=2, warmup_steps=1)
+    straight = _overrides(tmp_path / "a", tiny_model_dir, synthetic_dir, **common)
+    assert main(straight) == 0
+    resumed = _overrides(tmp_path / "b", tiny_model_dir, synthetic_dir, **common)
+    assert main(resumed) == 0
+    cfg = load_config(overrides=resumed)
+    folder = run_dir(cfg)
+    (folder / "checkpoint-4" / RUN_MARKER).unlink()  # the crash hit while step 4 was being saved
+    shutil.rmtree(cfg.sft.output_dir)
+    assert main(resumed) == 0
+    state = json.loads((Path(cfg.sft.output_dir) / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    a = load_file(tmp_path / "a" / "sft" / "model.safetensors")
+    b = load_file(Path(cfg.sft.output_dir) / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max() < 1e-5, name
+
+
+def test_two_processes_train_together(tmp_path, tiny_model_dir, synthetic_dir, capsys):
+    """sft.num_processes=2: torchrun, one gloo group, the global batch split over both processes."""
+    overrides = _overrides(tmp_path, tiny_model_dir, synthetic_dir, num_steps=2, micro_batch_size=4,
+                           num_processes=2, eval_every=0, grounding_eval_rows=4, eval_batch_size=2, warmup_steps=0)
+    assert main(overrides) == 0
+    summary = json.loads((tmp_path / "sft" / SUMMARY).read_text())
+    assert summary["steps"] == 2 and set(summary["after"]) >= {"giou", "tag_count"}
+    assert "2 process(es)" in capsys.readouterr().out
