@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", help="comma-separated subset of the variants to run")
     parser.add_argument("--seeds", help="comma-separated seeds, replacing the file's")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="applied to every run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # the sweep file, options and overrides in any order
     try:
         spec = load_spec(args.sweep, args.overrides)
         spec = _narrow(spec, args)

@@ -79,6 +79,17 @@ def test_unknown_key_fails_before_any_run_naming_it(tmp_path):
     assert started == [] and not (tmp_path / "out").exists()
 
 
+def test_command_line_rejects_an_unknown_key_in_an_override(tmp_path, capsys):
+    from rl.sweep import main
+
+    shipped = str(REPO / "conf" / "sweeps" / "reward_ablation.yaml")
+    assert main([shipped, "--variants", "no_giou", "--output-dir", str(tmp_path), "grpo.num_stepz=2"]) == 2
+    assert "grpo.num_stepz: unknown key" in capsys.readouterr().err
+    assert main([shipped, "--variants", "nope"]) == 2
+    assert "--variants: unknown ['nope']" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_pipeline_without_grpo_is_rejected(tmp_path):
     spec = make_spec(tmp_path, overrides=["pipeline=[preview]"])
     with pytest.raises(SweepError, match="no grpo stage"):
