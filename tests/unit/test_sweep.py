@@ -186,3 +186,50 @@ def test_outputs_read_the_trainers_event_files(tmp_path):
     assert all((root / "figures" / n).stat().st_size < 200_000 for n in ("curves-a.png", "final-metrics.png"))
     assert read_results_csv(root / "results.csv")[1]["ap50"] == 0.2
     assert "![Training reward: b](figures/curves-b.png)" in report.read_text()
+
+
+class FakeJobs:
+    """Stands in for ray.job_submission.JobSubmissionClient: records submissions, ends them as told."""
+
+    submitted: list[dict] = []
+    outcome = "SUCCEEDED"
+
+    def __init__(self, address=None):
+        self.address, self.polls = address, 0
+
+    def submit_job(self, **kwargs):
+        FakeJobs.submitted.append(kwargs)
+        return kwargs["submission_id"]
+
+    def get_job_status(self, job):
+        from ray.job_submission import JobStatus
+
+        self.polls += 1
+        return JobStatus.RUNNING if self.polls < 2 else JobStatus(FakeJobs.outcome)
+
+    def get_job_logs(self, job):
+        return f"log of {job}"
+
+
+@pytest.mark.parametrize("outcome", ["SUCCEEDED", "FAILED"])
+def test_ray_job_mode_submits_each_run_as_a_launch_job(tmp_path, monkeypatch, outcome):
+    import ray.job_submission
+
+    from rl.sweep import run_ray_job
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", FakeJobs)
+    monkeypatch.setattr(FakeJobs, "submitted", [])
+    monkeypatch.setattr(FakeJobs, "outcome", outcome)
+    spec = make_spec(tmp_path, mode="ray_job", base="conf/default.yaml")
+    run = expand(spec)[1]
+    run.dir.mkdir(parents=True)
+    if outcome == "FAILED":
+        with pytest.raises(RuntimeError, match="ended FAILED"):
+            run_ray_job(spec, run, poll_s=0)
+    else:
+        run_ray_job(spec, run, poll_s=0)
+    (job,) = FakeJobs.submitted
+    assert job["entrypoint"].startswith("python -m rl.launch --config conf/default.yaml 'pipeline=[grpo]' ")
+    assert f"checkpoint.dir={run.checkpoints}" in job["entrypoint"] and "seed=1" in job["entrypoint"]
+    assert job["runtime_env"] == {"working_dir": str(REPO)}
+    assert (run.dir / "job.log").read_text() == f"log of {job['submission_id']}"
