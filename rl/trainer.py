@@ -21,6 +21,7 @@ import torch
 
 from actors.learner import LearnerGroup
 from actors.learner_batch import TrainSample
+from actors.placement import place
 from actors.reward import RewardPool
 from actors.rollout import RolloutPool
 from actors.weight_sync import WeightSync
@@ -64,9 +65,11 @@ class GRPOTrainer:
         timeout = cfg.cluster.call_timeout_s
         # Actor names carry a run tag: two runs on one cluster (or in one Ray namespace) never collide.
         run = uuid.uuid4().hex[:6]
-        self.learners = LearnerGroup(cfg, name_prefix=f"learner-{run}")
+        # Learners packed by node (collective ranks in node order), each engine's TP group inside one node.
+        self.placement = place(cfg, self.platform, timeout, name=f"grpo-{run}")
+        self.learners = LearnerGroup(cfg, name_prefix=f"learner-{run}", placement=self.placement)
         self.pool = RolloutPool(cfg.model, cfg.rollout, self.platform.name, timeout_s=timeout,
-                                name_prefix=f"rollout-{run}")
+                                name_prefix=f"rollout-{run}", placement=self.placement)
         self.rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout,
                                   name_prefix=f"reward-{run}")
         self.sync = WeightSync(self.learners.actors[0], self.learners.names[0], self.pool, cfg.weight_sync.bucket_mb,
@@ -200,6 +203,7 @@ class GRPOTrainer:
     def shutdown(self) -> None:
         for part in (self.pool, self.learners, self.rewards):
             part.shutdown()
+        self.placement.remove()
 
     # ------------------------------------------------------------------ metrics
 
@@ -258,14 +262,12 @@ def run_grpo(cfg: Config) -> None:
     """The `grpo` stage: validate the layout against the cluster, train, save, report."""
     import ray
 
-    from actors.placement import cluster_nodes, validate
     from rl.cluster import connect
 
     platform = get_platform(cfg.cluster.platform)
     started = connect(cfg, platform)
     try:
-        validate(cfg, platform, cluster_nodes())  # before any actor starts
-        trainer = GRPOTrainer(cfg)
+        trainer = GRPOTrainer(cfg)  # validates the layout against the cluster before any actor starts
         try:
             result = trainer.run()
         finally:
