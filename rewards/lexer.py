@@ -6,26 +6,32 @@ after a comma) is recognised from the runs of number bytes (`0-9 - .`) of all co
 a regex costs ~7 ns per character. Every byte of a content is in a run or in a gap before, between
 or after runs, so checking both covers the whole content:
 - gaps: after the prefix `[` (one box) or `[[` (a list), between runs `,` or `, `, with `],[` or
-  `], [` after every fourth run, and `]` or `]]` at the end; a single box has exactly 4 runs;
-- runs: a `-` only first and before a digit, at most one `.`, between digits, no leading zero;
-- numbers are converted from their digits: mantissa M (all digits) and k fraction digits give
-  M / 10**k, which is the correctly rounded value (what json.loads gives) whenever M < 2**53 and
-  10**k is exact, i.e. up to 15 digits. Longer numbers send their content to the general path.
-Only a few passes touch every byte; the rest works on arrays of runs. Contents that fail a check are
-reported, not parsed: their answers take the general path.
+  `], [` after every fourth run, and `]` or `]]` at the end; a single box has exactly 4 runs. A gap
+  is read as one integer (its length and bytes), compared with the two allowed after its run; where
+  every content of a piece has a multiple of 4 runs, those are a fixed periodic pattern;
+- runs: a `-` only first and before a digit, at most one `.`, between digits (the rare `-` and `.`
+  are checked one by one), no leading zero (one pass over the bytes);
+- numbers are converted from their bytes: the SWAR digit reduction reads `-` and `.` as the digits
+  13 and 14 (their low nibbles), whose contributions are then taken out; mantissa M (all digits) and
+  k fraction digits give M / 10**k, which is the correctly rounded value (what json.loads gives)
+  whenever M < 2**53 and 10**k is exact, i.e. up to 15 digits. Longer numbers are not fast.
+Only a few passes touch every byte; the rest works on arrays of runs, each a few numpy calls. Contents
+that fail a check are reported, not parsed: `rewards.batch` sends them through `json.loads`.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-PREFIX = b"box>"  # what precedes each content in the lexed bytes: the tail of its <box> tag
+PREFIX = b">"  # what precedes each content in the lexed bytes: the end of its <box> tag
 _MAX_DIGITS = 15  # mantissas < 10**15 < 2**53 and powers of ten <= 1e15 are exact in float64
 _POW10 = 10 ** np.arange(_MAX_DIGITS + 2, dtype=np.int64)
-_PAD = 16  # bytes of padding before and after the text: every 8-byte read stays in bounds
+_PAD = 16  # bytes of padding before and after the text: every 16-byte read stays in bounds
 _DIGIT0, _MINUS, _DOT = b"0-."
+_MINUS_DIGIT, _DOT_DIGIT = _MINUS & 15, _DOT & 15  # what the digit reduction reads them as: 13, 14
 _CHUNK_BYTES = 1 << 17
 
 
@@ -34,10 +40,9 @@ def _key(text: bytes) -> int:
     return (len(text) << 32) | int.from_bytes(text, "little")
 
 
-# Allowed gaps after a run, by case: inside a box, between boxes, end of one box, end of a list.
-_INSIDE, _BETWEEN, _END_BOX, _END_LIST = 0, 1, 2, 3
-_GAPS = np.array([[_key(b","), _key(b", ")], [_key(b"],["), _key(b"], [")], [_key(b"]")] * 2, [_key(b"]]")] * 2])
-_LEADS = np.array([_key(b"["), _key(b"[[")])  # one box, a list of boxes
+_INSIDE, _BETWEEN = ((_key(b","), _key(b", ")), (_key(b"],["), _key(b"], [")))  # gaps after a run
+_ENDS = np.array([_key(b"]"), _key(b"]]")])  # the gap after the last run: one box, a list of boxes
+_LEADS = np.array([_key(b"["), _key(b"[[")])  # the gap before the first run
 _LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(5)], dtype=np.uint64)  # the first n bytes
 _HIGH_BYTES = np.array([~((1 << (8 * (8 - n))) - 1) & (2**64 - 1) for n in range(9)], dtype=np.uint64)  # last n
 
@@ -51,49 +56,51 @@ class LexedBoxes:
     fast: np.ndarray  # (C,) bool: the content is empty or in the fast form and was converted exactly
 
 
-def windows(data: np.ndarray) -> np.ndarray:
-    """Every 8 consecutive bytes of `data` as one little-endian uint64: window i starts at byte i.
-
-    A strided view, no copy: gathering windows reads 8 bytes per index in one step."""
-    return np.ndarray(shape=(len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))
+def windows(data: np.ndarray, size: int = 8) -> np.ndarray:
+    """Every `size` consecutive bytes of `data` as one item (little-endian uint64 for 8, else bytes):
+    window i starts at byte i. A strided view, no copy: a gather reads `size` bytes per index."""
+    dtype = "<u8" if size == 8 else f"S{size}"
+    return np.ndarray(shape=(len(data) - size + 1,), dtype=dtype, buffer=data, strides=(1,))
 
 
 def _eight_digits(v: np.ndarray) -> np.ndarray:
-    """Value of 8 ASCII digits per uint64 (first digit in the low byte; bytes 0x00 and '0' read as 0).
+    """Value of 8 digit bytes per uint64 (first digit in the low byte; a byte reads as its low nibble).
 
     The SWAR reduction of simdjson: digit pairs, then groups of 4, then 8, by multiply-and-shift
-    (uint64 products wrap around, as the method intends)."""
+    (uint64 products wrap around, as the method intends). It is linear in the nibbles as long as each
+    is <= 14 (no lane overflows), so `-` (13) and `.` (14) add 13 or 14 times their place value."""
     v = ((v & np.uint64(0x0F0F0F0F0F0F0F0F)) * np.uint64(2561)) >> np.uint64(8)
     v = ((v & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(6553601)) >> np.uint64(16)
-    return (((v & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(42949672960001)) >> np.uint64(32)).astype(np.int64)
+    return (((v & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(42949672960001)) >> np.uint64(32)).view(np.int64)
 
 
-def _gap_keys(view: np.ndarray, at: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """`_key` of each gap data[at : at + length] (`view`: its `windows`); beyond 4 bytes, no gap's key."""
-    low = (view[at] & _LOW_BYTES[np.minimum(length, 4)]).astype(np.int64)
+def _gap_keys(window: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """`_key` of each gap: its first `length` bytes of the 8 in `window`; beyond 4 bytes, no gap's key."""
+    low = (window & _LOW_BYTES[np.minimum(length, 4)]).view(np.int64)
     return (np.minimum(length, 5) << 32) | low
 
 
-def _runs(data: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(run starts, run ends, runs per content, owner of each run, index of each run in its content)."""
-    num = ((data - _DIGIT0) < 10) | (data == _MINUS) | (data == _DOT)  # uint8 wraps bytes below '0' around
-    edges = np.flatnonzero(num[1:] != num[:-1]) + 1  # the padding is no number: runs start and end inside
-    run_start, run_end = edges[0::2], edges[1::2]
-    first_run = np.searchsorted(run_start, starts)
-    per_content = np.diff(first_run, append=len(run_start))
-    owner = np.repeat(np.arange(len(starts)), per_content)
-    return run_start, run_end, per_content, owner, np.arange(len(run_start)) - first_run[owner]
+@functools.lru_cache(maxsize=8)
+def _periodic(size: int) -> np.ndarray:
+    """Whether each of `size` runs is the last of a box of 4, counting from 0 (read-only: shared)."""
+    out = np.resize(np.array([False, False, False, True]), size)
+    out.flags.writeable = False
+    return out
 
 
-def _is_digit(values: np.ndarray) -> np.ndarray:
-    return (values - _DIGIT0) < 10
+def _box_ends(first_run: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """Whether each run is the 4th, 8th, ... of its content (a `],[` or `], [` gap follows it)."""
+    n_runs = int(runs.sum())
+    if not (first_run & 3).any():  # every content starts at a run number divisible by 4
+        return _periodic(1 << max(n_runs - 1, 0).bit_length())[:n_runs]
+    return (np.arange(n_runs) - np.repeat(first_run, runs)) & 3 == 3
 
 
 def lex_boxes(text: np.ndarray, offsets: np.ndarray) -> LexedBoxes:
     """`text`: uint8 bytes of PREFIX + content for each content, back to back; `offsets`: each PREFIX.
 
-    Works through the contents in pieces of about _CHUNK_BYTES: a dozen temporaries per byte or run
-    then stay in cache, where on the whole batch numpy spends most of its time on memory traffic."""
+    Works through the contents in pieces of about _CHUNK_BYTES: the temporaries per byte or run then
+    stay in cache, where on the whole batch numpy spends most of its time on memory traffic."""
     if len(text) <= 2 * _CHUNK_BYTES:
         return _lex(text, offsets)
     cuts = np.searchsorted(offsets, np.arange(_CHUNK_BYTES, len(text), _CHUNK_BYTES))
@@ -109,67 +116,107 @@ def lex_boxes(text: np.ndarray, offsets: np.ndarray) -> LexedBoxes:
     )
 
 
+@dataclass(frozen=True)
+class _Runs:
+    """The runs of number bytes of a padded piece, the contents they fall in, and the bytes around
+    each run's end: the 8 up to it (the number's last 8) and the 8 from it (the gap after it)."""
+
+    start: np.ndarray  # (R,) first byte of each run
+    end: np.ndarray  # (R,) one past its last byte
+    first: np.ndarray  # (C,) first run of each content
+    count: np.ndarray  # (C,) runs of each content
+    before: np.ndarray  # (R,) uint64: bytes end - 8 .. end - 1
+    after: np.ndarray  # (R,) uint64: bytes end .. end + 7
+
+    @classmethod
+    def of(cls, data: np.ndarray, number_byte: np.ndarray, starts: np.ndarray) -> _Runs:
+        edges = np.flatnonzero(number_byte[1:] != number_byte[:-1]) + 1  # the padding holds no run
+        start, end = np.ascontiguousarray(edges.reshape(-1, 2).T)
+        first = np.searchsorted(start, starts)
+        # One 16-byte gather: numpy copies a strided window at the same cost whatever its size.
+        around = windows(data, 16)[end - 8].view("<u8").reshape(-1, 2).T
+        return cls(start, end, first, np.diff(first, append=len(start)), around[0].copy(), around[1].copy())
+
+
+def _shape_ok(view: np.ndarray, starts: np.ndarray, ends: np.ndarray, runs: _Runs) -> np.ndarray:
+    """Per content: the gaps before, between and after its runs are those of the fast form."""
+    has_runs = runs.count > 0
+    first = np.minimum(runs.first, len(runs.start) - 1)
+    last = np.maximum(runs.first + runs.count - 1, 0)
+    lead = _gap_keys(view[starts + 1], np.where(has_runs, runs.start[first], ends) - starts - 1)
+    is_list = lead == _LEADS[1]
+    tail = _gap_keys(runs.after[last], np.where(has_runs, ends - runs.end[last], 0))
+    counted = np.where(is_list, runs.count % 4 == 0, runs.count == 4)
+    fast = has_runs & (is_list | (lead == _LEADS[0])) & counted & (tail == np.where(is_list, _ENDS[1], _ENDS[0]))
+    gap = np.zeros(len(runs.start), dtype=np.int64)
+    np.subtract(runs.start[1:], runs.end[:-1], out=gap[:-1])
+    key = _gap_keys(runs.after, gap)
+    between = (key == _BETWEEN[0]) | (key == _BETWEEN[1])
+    ok = np.where(_box_ends(runs.first, runs.count), between, (key == _INSIDE[0]) | (key == _INSIDE[1]))
+    ok[last[has_runs]] = True  # the gap after a content's last run is its tail
+    fast[np.searchsorted(runs.first, np.flatnonzero(~ok), side="right") - 1] = False
+    return fast
+
+
+def _values(data: np.ndarray, view: np.ndarray, digit: np.ndarray, runs: _Runs) -> tuple[np.ndarray, np.ndarray]:
+    """(value of each run, positions of the bytes that make their run no number of the fast form)."""
+    length = runs.end - runs.start
+    number = _eight_digits(runs.before & _HIGH_BYTES[np.minimum(length, 8)])
+    long = np.flatnonzero(length > 8)
+    if len(long):
+        high = _eight_digits(view[runs.end[long] - 16] & _HIGH_BYTES[np.minimum(length[long] - 8, 8)])
+        number[long] += high * _POW10[8]
+    # The rare `-` and `.`, one by one: a `-` first in its run and before a digit, a `.` between digits.
+    marks = np.flatnonzero((data == _MINUS) | (data == _DOT))
+    mark_run = np.searchsorted(runs.start, marks, side="right") - 1
+    is_minus = data[marks] == _MINUS
+    around = digit[marks + 1] & np.where(is_minus, marks == runs.start[mark_run], digit[marks - 1])
+    bad = [marks[~around]]
+    negative = mark_run[is_minus]
+    dots, dotted = marks[~is_minus], mark_run[~is_minus]
+    bad.append(dots[1:][dotted[1:] == dotted[:-1]])  # a second dot in one run
+    has_dot = np.zeros(len(length), dtype=bool)
+    has_dot[dotted] = True
+    # Take out the `-` (place 10**(length - 1)), unless a 17-byte run leaves it out of the 16 bytes read.
+    place = np.minimum(length[negative] - 1, _MAX_DIGITS + 1)
+    number[negative] -= np.where(length[negative] <= 16, _MINUS_DIGIT * _POW10[place], 0)
+    # With f fraction digits, number = int part * 10**(f + 1) + 14 * 10**f + fraction.
+    below = _POW10[np.clip(runs.end[dotted] - dots - 1, 0, _MAX_DIGITS)]
+    fractional = number[dotted]
+    value = number.astype(np.float64)
+    value[dotted] = ((fractional // (below * 10) - 1) * below + fractional % below) / below
+    # json: "-0" is the int 0 (0.0), "-0.0" the float -0.0.
+    value[negative] = np.where(has_dot[negative], -value[negative], 0.0 - value[negative])
+    wide = np.flatnonzero(length > _MAX_DIGITS)  # at most 15 digits
+    if len(wide):
+        digits = length[wide] - has_dot[wide] - np.isin(wide, negative)
+        bad.append(runs.start[wide[digits > _MAX_DIGITS]])
+    # No leading zero: a 0 that follows no digit or dot, followed by a digit.
+    zero = data[1:-1] == _DIGIT0
+    zero &= digit[2:]
+    zero &= ~(digit[:-2] | (data[:-2] == _DOT))
+    bad.append(np.flatnonzero(zero) + 1)
+    return value, np.concatenate(bad)
+
+
 def _lex(text: np.ndarray, offsets: np.ndarray) -> LexedBoxes:
     size = len(offsets)
     if size == 0:
         return LexedBoxes(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
     pad = np.zeros(_PAD, dtype=np.uint8)
-    data = np.concatenate([pad, text, pad])  # a copy we may write to
+    data = np.concatenate([pad, text, pad])
     view = windows(data)
     starts = offsets + _PAD
     ends = np.append(starts[1:], _PAD + len(text))
     empty = ends - starts == len(PREFIX)  # `<box></box>`: fast too, no box (a flawed block)
-    run_start, run_end, runs, owner, index = _runs(data, starts)
-    n_runs = len(run_start)
-    if n_runs == 0:  # no numbers at all
+    digit = (data - _DIGIT0) < 10  # uint8 wraps bytes below '0' around
+    runs = _Runs.of(data, digit | (data == _MINUS) | (data == _DOT), starts)
+    if len(runs.start) == 0:  # no numbers at all
         return LexedBoxes(np.zeros((0, 4)), np.zeros(size, dtype=np.int64), empty)
-    has_runs = runs > 0
-    lead = np.where(has_runs, run_start[np.minimum(np.cumsum(runs) - runs, n_runs - 1)], ends)
-    lead_key = _gap_keys(view, starts + len(PREFIX), lead - starts - len(PREFIX))
-    is_list = lead_key == _LEADS[1]
-    fast = has_runs & ((lead_key == _LEADS[0]) & (runs == 4) | is_list & (runs % 4 == 0))
-
-    # Gaps: from each run's end to the next run, or to the end of its content.
-    last = index == runs[owner] - 1
-    gap_end = np.where(last, ends[owner], np.append(run_start[1:], 0))
-    case = np.where(last, _END_BOX + is_list[owner], (index & 3) == 3)
-    key = _gap_keys(view, run_end, gap_end - run_end)
-    run_ok = (key == _GAPS[case, 0]) | (key == _GAPS[case, 1])
-
-    # Inside runs: every '-' and '.' checked against its neighbours, and no leading zero.
-    marks = np.flatnonzero((data == _MINUS) | (data == _DOT))
-    mark_run = np.searchsorted(run_start, marks, side="right") - 1
-    is_minus = data[marks] == _MINUS
-    around = _is_digit(data[marks + 1]) & np.where(is_minus, marks == run_start[mark_run], _is_digit(data[marks - 1]))
-    run_ok[mark_run[~around]] = False
-    dots, dot_run = marks[~is_minus], mark_run[~is_minus]
-    run_ok[dot_run[1:][dot_run[1:] == dot_run[:-1]]] = False  # a second dot in one run
-    negative = np.flatnonzero(data[run_start] == _MINUS)
-    first_digit = run_start.copy()
-    first_digit[negative] += 1
-    run_ok &= ~((data[first_digit] == _DIGIT0) & _is_digit(data[first_digit + 1]))
-    has_dot = np.zeros(n_runs, dtype=bool)
-    has_dot[dot_run] = True
-    width = run_end - first_digit  # digits and the dot
-    run_ok &= width <= _MAX_DIGITS + has_dot
-    fast[owner[~run_ok]] = False
-
-    # Numbers: the digits (the dot read as a 0) as one integer N from 8-byte windows ending at the run's
-    # end, bytes before the run masked off. With f fraction digits the mantissa is N without that 0,
-    # and mantissa / 10**f is correctly rounded: both are exact in float64.
-    data[dots] = _DIGIT0
-    width = np.clip(width, 0, 16)
-    number = _eight_digits(view[run_end - 8] & _HIGH_BYTES[np.minimum(width, 8)])
-    long = np.flatnonzero(width > 8)
-    if len(long):
-        high = _eight_digits(view[run_end[long] - 16] & _HIGH_BYTES[width[long] - 8])
-        number[long] += high * _POW10[8]
-    value = number.astype(np.float64)
-    below = _POW10[np.clip(run_end[dot_run] - dots - 1, 0, _MAX_DIGITS)]
-    fractional = number[dot_run]
-    value[dot_run] = (fractional // (below * 10) * below + fractional % below) / below.astype(np.float64)
-    # json: "-0" is the int 0 (0.0), "-0.0" the float -0.0.
-    value[negative] = np.where(has_dot[negative], -value[negative], 0.0 - value[negative])
-
-    per_content = np.where(fast, runs // 4, 0).astype(np.int64)
-    return LexedBoxes(value[np.repeat(fast, runs)].reshape(-1, 4), per_content, fast | empty)
+    fast = _shape_ok(view, starts, ends, runs)
+    value, bad = _values(data, view, digit, runs)
+    fast[np.searchsorted(starts, bad, side="right") - 1] = False
+    per_content = np.where(fast, runs.count // 4, 0)
+    if (fast | (runs.count == 0)).all():  # every run is a number of a fast content
+        return LexedBoxes(value.reshape(-1, 4), per_content, fast | empty)
+    return LexedBoxes(value[np.repeat(fast, runs.count)].reshape(-1, 4), per_content, fast | empty)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from rewards import parse_answer
 from rewards.batch import ParsedBatch, _parse_general, parse_batch
-from rewards.lexer import PREFIX, lex_boxes
+from rewards.lexer import PREFIX, _box_ends, lex_boxes
 from rewards.parse import FAST_SOURCE, answer_region
 
 FAST = re.compile(FAST_SOURCE)
@@ -55,6 +55,10 @@ def check(contents: list[str]) -> None:
         "[-1, -0, -0.0, 0.5]",
         "[0.25, 10.125, 999999999999999, 123456789.012345]",
         "[1234567890123456, 1, 2, 3]",  # 16 digits: left to json
+        "[-999999999999999, -9.99999999999999, -99999999999999.9, -0.00000000000001]",  # 15 digits, 16-17 bytes
+        "[-1234567890123456, 1, 2, 3]",
+        "[-123456789012345.6, 1, 2, 3]",
+        "[12345678.9, -12345678.9, 123456789, -1234567.8]",  # 9-10 bytes: two 8-byte reads
         "[01, 2, 3, 4]",
         "[1., 2, 3, 4]",
         "[.5, 2, 3, 4]",
@@ -100,6 +104,16 @@ number = st.integers(-(10**6), 10**6).map(str) | st.floats(-1e6, 1e6, allow_nan=
 @given(st.lists(st.lists(st.lists(number, min_size=4, max_size=4), min_size=1, max_size=4), max_size=5))
 def test_lexer_on_well_formed_contents(boxes: list) -> None:
     check([json.dumps(b, separators=(",", ":") if len(b) % 2 else None) for b in boxes])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=30))
+def test_box_ends_aligned_or_not(counts: list[int]) -> None:
+    """Runs ending a box of 4, by the periodic pattern (every count a multiple of 4) or by rank."""
+    runs = np.array(counts, dtype=np.int64)
+    first = np.cumsum(runs) - runs
+    want = [rank % 4 == 3 for n in counts for rank in range(n)]
+    assert _box_ends(first, runs).tolist() == want
 
 
 def test_lexer_in_chunks_matches_one_piece(monkeypatch: pytest.MonkeyPatch) -> None:
