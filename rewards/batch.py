@@ -4,9 +4,10 @@ The batch is joined into one NUL-separated string and scanned with numpy on its 
 (`rewards.scan`): the `<` positions give every text's answer region, tags and blocks, exactly as the
 contract's lazy regexes pair them. All block contents are lexed and converted together
 (`rewards.lexer`); the few the lexer does not take (unusual JSON, broken content) go one by one
-through `rewards.contents`. Labels are sliced out of the joined text and normalised once per distinct
-raw label. No Python loop per text; every step is linear in the input. Texts holding a NUL take the
-general path (a linear regex scan per text, `_parse_general`), which computes the same parse.
+through `rewards.contents`. Labels are told apart by their bytes (`rewards.labels`): only one per
+distinct raw label is sliced out and normalised. No Python loop per text; every step is linear in
+the input. Texts holding a NUL take the general path (a linear regex scan per text,
+`_parse_general`), which computes the same parse.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from itertools import repeat
 import numpy as np
 
 from rewards.contents import ContentBoxes, content_boxes
+from rewards.labels import block_label_ids, label_ids
 from rewards.lexer import PREFIX, lex_boxes
-from rewards.parse import BOX_CLOSE, BOX_OPEN, answer_region, normalize_label, scan_blocks
+from rewards.parse import BOX_CLOSE, BOX_OPEN, answer_region, scan_blocks
 from rewards.scan import SEP, Blocks, Joined, blocks
 
 
@@ -36,16 +38,6 @@ class ParsedBatch:
     box_block: np.ndarray  # (B,) int64: block of each box
     box_start: np.ndarray  # (S,) int64
     box_count: np.ndarray  # (S,) int64
-
-
-def _label_ids(pieces: list[str], vocab: dict[str, int], clean=None) -> np.ndarray:  # noqa: ANN001
-    """Vocabulary id (grown as needed) of each raw label's normalised form; computed once per text.
-
-    `clean` (a str -> str function) first extracts the label from a raw piece."""
-    ids = {}
-    for raw in dict.fromkeys(pieces):
-        ids[raw] = vocab.setdefault(normalize_label(clean(raw) if clean else raw), len(vocab))
-    return np.fromiter(map(ids.__getitem__, pieces), np.int64, len(pieces))
 
 
 def _assemble(
@@ -68,10 +60,6 @@ def _assemble(
     )
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogatepass")
-
-
 def _contents(joined: Joined, found: Blocks) -> ContentBoxes:
     """Valid boxes of every block's content: lexed together, the rest one by one."""
     lexed = lex_boxes(*joined.gather(found.open_pos + len(BOX_OPEN) - len(PREFIX), found.close_pos))
@@ -84,8 +72,7 @@ def _contents(joined: Joined, found: Blocks) -> ContentBoxes:
     boxes, owner = values[valid], owner[valid]
     slow = np.flatnonzero(~lexed.fast)
     if len(slow):
-        texts, is_str = joined.slices(found.open_pos[slow] + len(BOX_OPEN), found.close_pos[slow])
-        rest = content_boxes(texts if is_str else list(map(_decode, texts)))
+        rest = content_boxes(joined.slices(found.open_pos[slow] + len(BOX_OPEN), found.close_pos[slow]))
         bad[slow] = rest.bad
         boxes, owner = np.concatenate([boxes, rest.boxes]), np.concatenate([owner, slow[rest.content]])
         order = np.argsort(owner, kind="stable")
@@ -96,8 +83,7 @@ def _contents(joined: Joined, found: Blocks) -> ContentBoxes:
 def _parse_joined(joined: Joined, vocab: dict[str, int]) -> ParsedBatch:
     """The parse of the joined texts, from one numpy scan."""
     found = blocks(joined)
-    labels, is_str = joined.slices(found.label_start, found.open_pos)
-    label_ids = _label_ids(labels, vocab, None if is_str else _decode)
+    label_ids = block_label_ids(joined, found.label_start, found.open_pos, vocab)
     n_blocks = np.bincount(found.text, minlength=len(joined.bounds) - 1).astype(np.int64)
     return _assemble(n_blocks, found.n_open, found.n_close, label_ids, _contents(joined, found))
 
@@ -114,7 +100,7 @@ def _parse_general(regions: list[str], vocab: dict[str, int]) -> ParsedBatch:
     n_blocks = np.asarray(counts, dtype=np.int64).reshape(-1)
     n_open = np.fromiter(map(str.count, regions, repeat(BOX_OPEN)), np.int64, len(regions))
     n_close = np.fromiter(map(str.count, regions, repeat(BOX_CLOSE)), np.int64, len(regions))
-    return _assemble(n_blocks, n_open, n_close, _label_ids(labels, vocab), content_boxes(contents))
+    return _assemble(n_blocks, n_open, n_close, label_ids(labels, vocab), content_boxes(contents))
 
 
 def _merge(parts: list[tuple[np.ndarray, ParsedBatch]], size: int) -> ParsedBatch:

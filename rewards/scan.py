@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rewards.lexer import windows
 from rewards.parse import ANSWER_CLOSE, ANSWER_OPEN, BOX_CLOSE, BOX_OPEN
 
 SEP = "\x00"  # joins the texts (those containing it cannot be joined)
 OTHER, OPEN, CLOSE, ANSWER_START, ANSWER_END = range(5)  # tag kinds
-_PAD = 9  # NULs after the last text: every tag read (up to 9 bytes) stays in bounds
+_PAD = 32  # NULs after the last text: every read (a tag: 9 bytes, a label: 32) stays in bounds
 
 
 def _key(tag: str) -> np.uint64:
@@ -51,10 +52,12 @@ class Joined:
             return None
         return cls(text, raw, data, bounds[: len(texts) + 1])
 
-    def slices(self, start: np.ndarray, end: np.ndarray) -> tuple[list, bool]:
-        """(the byte ranges [start, end) as str if the text is ASCII, else as bytes; whether str)."""
-        source = self.text if self.text.isascii() else self.raw
-        return list(map(source.__getitem__, map(slice, start.tolist(), end.tolist()))), source is self.text
+    def slices(self, start: np.ndarray, end: np.ndarray) -> list[str]:
+        """The byte ranges [start, end) as str: sliced from the text if it is ASCII, else decoded."""
+        if self.text.isascii():
+            return list(map(self.text.__getitem__, map(slice, start.tolist(), end.tolist())))
+        pieces = map(self.raw.__getitem__, map(slice, start.tolist(), end.tolist()))
+        return [piece.decode("utf-8", "surrogatepass") for piece in pieces]
 
     def gather(self, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the bytes of the disjoint ranges [start, end), back to back; where each range begins)."""
@@ -78,7 +81,7 @@ class Tags:
     def of(cls, joined: Joined) -> Tags:
         data = joined.data
         pos = np.flatnonzero(data == ord("<"))
-        window = np.ndarray(shape=(len(data) - 7,), dtype="<u8", buffer=data, strides=(1,))[pos]
+        window = windows(data)[pos]
         kind = np.zeros(len(pos), dtype=np.int8)
         kind[(window & _low(len(BOX_OPEN))) == _key(BOX_OPEN)] = OPEN
         kind[(window & _low(len(BOX_CLOSE))) == _key(BOX_CLOSE)] = CLOSE
