@@ -126,13 +126,18 @@ def _as_array(candidates: list) -> np.ndarray | None:
         return None
 
 
+def _surely_broken(content: str) -> bool:
+    """True for some text that cannot be JSON: without a string (no `"`), a `<` or unbalanced brackets."""
+    return '"' not in content and ("<" in content or content.count("[") != content.count("]"))
+
+
 def parse_content(content: str) -> tuple[np.ndarray, bool]:
     """Valid boxes (K, 4) of one block's content and whether the block is flawed. Never raises.
 
     The content must be JSON: a non-empty list of lists (each a box candidate) or else one box
     candidate (a list). Invalid candidates are dropped and flag the block.
     """
-    if not content.lstrip(" \t\n\r").startswith("["):
+    if not content.lstrip(" \t\n\r").startswith("[") or _surely_broken(content):
         return _NO_BOXES, True  # not a JSON list: skip json.loads and its costly exception
     try:
         value = json.loads(content)

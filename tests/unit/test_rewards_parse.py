@@ -7,6 +7,7 @@ import pytest
 
 from rewards import parse_answer, score
 from rewards.parse import answer_region, normalize_label, parse_content, scan_blocks
+from rl.bench_reference import parse_boxes
 
 
 def labels(text: str) -> list[str]:
@@ -208,3 +209,22 @@ def test_canonical_numbers_in_one_conversion(contents: list[str], boxes: list, p
     parsed = canonical_numbers(contents)
     assert parsed is not None  # canonical text never needs the slow path
     assert parsed[0].tolist() == [[float(v) for v in b] for b in boxes] and parsed[1].tolist() == per_content
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[[1, 2, 3, 4]] Mass <box>[[5, 6, 7, 8]]",  # an unclosed block swallowed the next one
+        "[[1, 2, 3, 4], [5, 6, 7, 8]",
+        "[[1, 2, 3, 4]]]",
+        '[[1, 2, 3, 4], ["<"]]',  # '<' and brackets inside a string: JSON after all
+        '[[1, 2, 3, 4], ["]"]]',
+        '[[1, 2, 3, 4], "[[["]',
+        "[[1, 2, 3, 4], [1, 2, 3, 4]]",
+    ],
+)
+def test_contents_judged_broken_without_json_agree_with_json(content: str) -> None:
+    """Text without a string that holds `<` or unbalanced brackets is not JSON: no json.loads needed."""
+    found, flawed = parse_content(content)
+    want, want_flawed = parse_boxes(content)
+    assert found.tolist() == [list(box) for box in want] and flawed == want_flawed
