@@ -148,9 +148,11 @@ def evaluate_run(spec: SweepSpec, run: Run, base: Config, pools: PoolCache, vers
         return json.loads(cached.read_text())
     cfg = load_config(spec.base, [*run.overrides, *eval_overrides(spec)])
     pool = pools.get(cfg)
-    pool.load_weights(version, str(final_checkpoint(run, cfg) / "model"))
+    weights = str(final_checkpoint(run, cfg) / "model")
+    pool.load_weights(version, weights)
     ev = evaluate_split(cfg.model_copy(update={"rewards": base.rewards}), pool)
-    write_evaluation(ev, cfg, run.dir / "eval", title=f"{run.variant} seed {run.seed}")
+    named = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": weights})})  # for the title
+    write_evaluation(ev, named, run.dir / "eval", title=f"{run.variant} seed {run.seed}")
     return ev.metrics
 
 
