@@ -80,7 +80,7 @@ def plot_final_metrics(summary: Mapping[str, Mapping[str, tuple[float, float]]],
         means = [np.nan_to_num(summary[variant][m][0]) for m in metrics]
         spreads = [np.nan_to_num(summary[variant][m][1]) for m in metrics]
         ax.bar(x + (i - (len(variants) - 1) / 2) * width, means, width, yerr=spreads, capsize=2, label=variant)
-    ax.set_xticks(x, list(metrics), fontsize=8)
+    ax.set_xticks(x, list(metrics), fontsize=8, rotation=20, ha="right")
     ax.set(title=title, ylabel="value on the evaluation split")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=6, ncol=2, loc="best")

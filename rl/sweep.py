@@ -31,6 +31,7 @@ from rl.report import summarize, write_report, write_results_csv
 from rl.sweep_spec import Run, SweepError, SweepSpec, eval_overrides, expand, load_spec, validate
 
 DONE, ERROR = "DONE", "error.txt"
+START = "start"  # the report's row for the checkpoint before GRPO
 REPO = Path(__file__).resolve().parent.parent
 
 RunFn = Callable[[SweepSpec, Run], None]  # trains one run; raises when it fails
@@ -156,11 +157,30 @@ def evaluate_run(spec: SweepSpec, run: Run, base: Config, pools: PoolCache, vers
     return ev.metrics
 
 
+def evaluate_start(spec: SweepSpec, base: Config, pools: PoolCache) -> dict[str, Any]:
+    """The checkpoint every run starts from, as the record of variant `START`: what GRPO changed. Cached in
+    `<output_dir>/start/` for as long as the start checkpoint is the same path."""
+    out = spec.root() / "start"
+    cached = out / "metrics.json"
+    if cached.is_file() and (out / "model.txt").read_text() == base.model.path:
+        metrics = json.loads(cached.read_text())
+    else:
+        pool = pools.get(base)
+        pool.load_weights(0, base.model.path)  # the pool may hold another run's weights
+        ev = evaluate_split(base, pool)
+        write_evaluation(ev, base, out, title="start checkpoint")
+        (out / "model.txt").write_text(base.model.path)
+        metrics = ev.metrics
+    return {"variant": START, "seed": 0, "status": "done", "step": 0, **metrics}
+
+
 def evaluate_all(spec: SweepSpec, runs: Sequence[Run], log: Callable[[str], Any] = print) -> list[dict[str, Any]]:
     """One record per run (finished or not) for results.csv; an evaluation that fails marks its run."""
     base = load_config(spec.base, [*spec.overrides, *eval_overrides(spec)])
     pools, records = PoolCache(), []
     try:
+        if spec.evaluation.include_start:
+            records.append(evaluate_start(spec, base, pools))
         for version, run in enumerate(runs, 1):
             record: dict[str, Any] = {"variant": run.variant, "seed": run.seed, "status": status(run)}
             if record["status"] == "done":
@@ -192,11 +212,11 @@ def write_outputs(spec: SweepSpec, runs: Sequence[Run], records: list[dict[str, 
     bars = plot_final_metrics(summary, HEADLINE, root / "figures" / "final-metrics.png",
                               f"{spec.name}: final checkpoints on {spec.evaluation.split}")
     figures = {"Final metrics": str(bars.relative_to(root)), **figures}
+    variants = "\n".join(f"- `{v}`: `{' '.join(o) or '(base)'}`" for v, o in spec.variant_overrides().items())
     notes = [f"Base config `{spec.base or 'conf/default.yaml'}` with `{' '.join(spec.overrides)}`; "
              f"seeds {spec.seeds}; evaluated greedily on the `{spec.evaluation.split}` split, "
              "`total_reward` with the base config's reward weights.",
-             "Variants:\n\n" + "\n".join(f"- `{v}`: `{' '.join(o) or '(base)'}`"
-                                         for v, o in spec.variant_overrides().items())]
+             f"Variants (`{START}`: the checkpoint the runs start from, evaluated the same way):\n\n{variants}"]
     return write_report(root / "report.md", f"Sweep {spec.name}", records, HEADLINE, notes, figures)
 
 

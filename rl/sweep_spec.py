@@ -42,6 +42,7 @@ class SweepEvaluation(_Strict):
     split: Literal["train", "val", "test"] = "test"
     max_rows: int = Field(default=0, ge=0)  # 0: the whole split
     gallery_rows: int = Field(default=8, ge=0)
+    include_start: bool = True  # also evaluate the checkpoint the runs start from (a `start` row)
 
 
 class SweepSpec(_Strict):
@@ -85,6 +86,8 @@ class SweepSpec(_Strict):
             raise ValueError("give exactly one of `variants` (name -> overrides) and `grid` (key -> values)")
         if self.grid is not None and (not self.grid or not all(self.grid.values())):
             raise ValueError("grid: every key needs at least one value")
+        if self.evaluation.include_start and "start" in self.variant_overrides():
+            raise ValueError("variant name 'start' is the report's row for the start checkpoint: rename it")
         return self
 
     def variant_overrides(self) -> dict[str, list[str]]:

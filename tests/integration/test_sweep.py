@@ -26,7 +26,7 @@ def test_tiny_sweep_runs_end_to_end_and_resumes(ray_cluster, tiny_model_dir, syn
     root = tmp_path / "sweep"
     rows = read_results_csv(root / "results.csv")
     assert [(r["variant"], r["seed"], r["status"], r["step"]) for r in rows] == [
-        ("all_rewards", 0, "done", 2), ("no_giou", 0, "done", 2)]
+        ("start", 0, "done", 0), ("all_rewards", 0, "done", 2), ("no_giou", 0, "done", 2)]
     for row in rows:
         assert row["rows"] == 8.0
         assert 0.0 <= row["format_valid"] <= 1.0 and 0.0 <= row["label_accuracy"] <= 1.0
@@ -37,7 +37,7 @@ def test_tiny_sweep_runs_end_to_end_and_resumes(ray_cluster, tiny_model_dir, syn
                  + row["reward/overlap_penalty"] + row["reward/tests.integration.extra_rewards:response_length"])
         assert row["total_reward"] == pytest.approx(total, abs=1e-9)
     text = report.read_text()
-    assert "| all_rewards | 1 |" in text and "| no_giou | 1 |" in text
+    assert "| start | 1 |" in text and "| all_rewards | 1 |" in text and "| no_giou | 1 |" in text
     for name in ("final-metrics.png", "curves-all_rewards.png", "curves-no_giou.png"):
         assert (root / "figures" / name).stat().st_size > 1000
     assert (root / "runs" / "no_giou" / "seed-0" / "eval" / "gallery.png").is_file()

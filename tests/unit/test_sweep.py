@@ -53,6 +53,7 @@ def test_sweep_file_typo_is_rejected_naming_the_field(tmp_path):
     ("name: t\nvariants: {a: [rewards.giou]}\n", "key.path=value"),
     ("name: t\nvariants: {a: []}\nseeds: [1, 1]\n", "seeds repeat"),
     ("name: t\nvariants: {a: []}\nmode: slurm\n", "mode"),
+    ("name: t\nvariants: {start: []}\n", "start checkpoint"),
 ])
 def test_bad_sweep_files_are_rejected(tmp_path, text, message):
     with pytest.raises(SweepError, match=message):
