@@ -19,7 +19,7 @@ import numpy as np
 
 from rewards.contents import ContentBoxes, content_boxes
 from rewards.labels import block_label_ids, label_ids
-from rewards.lexer import PREFIX, lex_boxes
+from rewards.lexer import lex_boxes
 from rewards.parse import BOX_CLOSE, BOX_OPEN, answer_region, scan_blocks
 from rewards.scan import SEP, Blocks, Joined, blocks
 
@@ -62,7 +62,7 @@ def _assemble(
 
 def _contents(joined: Joined, found: Blocks) -> ContentBoxes:
     """Valid boxes of every block's content: lexed together, the rest one by one."""
-    lexed = lex_boxes(*joined.gather(found.open_pos + len(BOX_OPEN) - len(PREFIX), found.close_pos))
+    lexed = lex_boxes(joined.data, found.open_pos + len(BOX_OPEN), found.close_pos)
     counts = lexed.per_content
     values = lexed.values
     owner = np.repeat(np.arange(len(counts)), counts)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PREFIX = b">"  # what precedes each content in the lexed bytes: the end of its <box> tag
 _MAX_DIGITS = 15  # mantissas < 10**15 < 2**53 and powers of ten <= 1e15 are exact in float64
 _POW10 = 10 ** np.arange(_MAX_DIGITS + 2, dtype=np.int64)
 _PAD = 16  # bytes of padding before and after the text: every 16-byte read stays in bounds
@@ -96,24 +95,43 @@ def _box_ends(first_run: np.ndarray, runs: np.ndarray) -> np.ndarray:
     return (np.arange(n_runs) - np.repeat(first_run, runs)) & 3 == 3
 
 
-def lex_boxes(text: np.ndarray, offsets: np.ndarray) -> LexedBoxes:
-    """`text`: uint8 bytes of PREFIX + content for each content, back to back; `offsets`: each PREFIX.
+def lex_boxes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> LexedBoxes:
+    """The contents data[starts[k] : ends[k]] of uint8 `data` (increasing, disjoint, not adjacent).
 
-    Works through the contents in pieces of about _CHUNK_BYTES: the temporaries per byte or run then
-    stay in cache, where on the whole batch numpy spends most of its time on memory traffic."""
-    if len(text) <= 2 * _CHUNK_BYTES:
-        return _lex(text, offsets)
-    cuts = np.searchsorted(offsets, np.arange(_CHUNK_BYTES, len(text), _CHUNK_BYTES))
-    cuts = np.unique(cuts[(cuts > 0) & (cuts < len(offsets))])
-    parts = []
-    for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(offsets)].tolist(), strict=True):
-        end = int(offsets[hi]) if hi < len(offsets) else len(text)
-        parts.append(_lex(text[int(offsets[lo]) : end], offsets[lo:hi] - offsets[lo]))
+    Works through the contents in pieces of about _CHUNK_BYTES of `data`: the temporaries per byte or
+    run then stay in cache, where on the whole batch numpy spends most of its time on memory traffic.
+    The bytes between contents are read but never taken for numbers or gaps."""
+    cuts = np.searchsorted(starts, np.arange(_CHUNK_BYTES, len(data), _CHUNK_BYTES))
+    cuts = np.unique(cuts[(cuts > 0) & (cuts < len(starts))]).tolist()
+    parts = [_lex(data, starts[lo:hi], ends[lo:hi]) for lo, hi in zip([0, *cuts], [*cuts, len(starts)], strict=True)]
     return LexedBoxes(
         np.concatenate([p.values for p in parts]),
         np.concatenate([p.per_content for p in parts]),
         np.concatenate([p.fast for p in parts]),
     )
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A padded copy of the bytes from a few contents' first to their last, and where the digits, `-`
+    and `.` of those contents are (those between contents left out)."""
+
+    data: np.ndarray
+    digit: np.ndarray
+    minus: np.ndarray
+    dot: np.ndarray
+
+    @classmethod
+    def of(cls, source: np.ndarray, lo: int, starts: np.ndarray, ends: np.ndarray) -> _Piece:
+        """The piece of source[lo : lo + len(data) - 2 * _PAD], its contents at `starts` to `ends`."""
+        data = np.zeros(int(ends[-1]) + _PAD, dtype=np.uint8)
+        data[_PAD:-_PAD] = source[lo : lo + len(data) - 2 * _PAD]
+        bounds = np.empty(2 * len(starts) + 2, dtype=np.int64)
+        bounds[0], bounds[1:-1:2], bounds[2:-1:2], bounds[-1] = 0, starts, ends, len(data)
+        inside = np.repeat((np.arange(len(bounds) - 1) & 1).astype(bool), np.diff(bounds))
+        digit = (data - _DIGIT0) < 10  # uint8 wraps bytes below '0' around
+        digit &= inside
+        return cls(data, digit, (data == _MINUS) & inside, (data == _DOT) & inside)
 
 
 @dataclass(frozen=True)
@@ -129,12 +147,13 @@ class _Runs:
     after: np.ndarray  # (R,) uint64: bytes end .. end + 7
 
     @classmethod
-    def of(cls, data: np.ndarray, number_byte: np.ndarray, starts: np.ndarray) -> _Runs:
+    def of(cls, piece: _Piece, starts: np.ndarray) -> _Runs:
+        number_byte = piece.digit | piece.minus | piece.dot
         edges = np.flatnonzero(number_byte[1:] != number_byte[:-1]) + 1  # the padding holds no run
         start, end = np.ascontiguousarray(edges.reshape(-1, 2).T)
         first = np.searchsorted(start, starts)
         # One 16-byte gather: numpy copies a strided window at the same cost whatever its size.
-        around = windows(data, 16)[end - 8].view("<u8").reshape(-1, 2).T
+        around = windows(piece.data, 16)[end - 8].view("<u8").reshape(-1, 2).T
         return cls(start, end, first, np.diff(first, append=len(start)), around[0].copy(), around[1].copy())
 
 
@@ -143,7 +162,7 @@ def _shape_ok(view: np.ndarray, starts: np.ndarray, ends: np.ndarray, runs: _Run
     has_runs = runs.count > 0
     first = np.minimum(runs.first, len(runs.start) - 1)
     last = np.maximum(runs.first + runs.count - 1, 0)
-    lead = _gap_keys(view[starts + 1], np.where(has_runs, runs.start[first], ends) - starts - 1)
+    lead = _gap_keys(view[starts], np.where(has_runs, runs.start[first], ends) - starts)
     is_list = lead == _LEADS[1]
     tail = _gap_keys(runs.after[last], np.where(has_runs, ends - runs.end[last], 0))
     counted = np.where(is_list, runs.count % 4 == 0, runs.count == 4)
@@ -158,18 +177,19 @@ def _shape_ok(view: np.ndarray, starts: np.ndarray, ends: np.ndarray, runs: _Run
     return fast
 
 
-def _values(data: np.ndarray, view: np.ndarray, digit: np.ndarray, runs: _Runs) -> tuple[np.ndarray, np.ndarray]:
+def _values(piece: _Piece, runs: _Runs) -> tuple[np.ndarray, np.ndarray]:
     """(value of each run, positions of the bytes that make their run no number of the fast form)."""
     length = runs.end - runs.start
     number = _eight_digits(runs.before & _HIGH_BYTES[np.minimum(length, 8)])
     long = np.flatnonzero(length > 8)
     if len(long):
-        high = _eight_digits(view[runs.end[long] - 16] & _HIGH_BYTES[np.minimum(length[long] - 8, 8)])
+        high = _eight_digits(windows(piece.data)[runs.end[long] - 16] & _HIGH_BYTES[np.minimum(length[long] - 8, 8)])
         number[long] += high * _POW10[8]
     # The rare `-` and `.`, one by one: a `-` first in its run and before a digit, a `.` between digits.
-    marks = np.flatnonzero((data == _MINUS) | (data == _DOT))
+    digit = piece.digit
+    marks = np.flatnonzero(piece.minus | piece.dot)
     mark_run = np.searchsorted(runs.start, marks, side="right") - 1
-    is_minus = data[marks] == _MINUS
+    is_minus = piece.minus[marks]
     around = digit[marks + 1] & np.where(is_minus, marks == runs.start[mark_run], digit[marks - 1])
     bad = [marks[~around]]
     negative = mark_run[is_minus]
@@ -192,29 +212,26 @@ def _values(data: np.ndarray, view: np.ndarray, digit: np.ndarray, runs: _Runs) 
         digits = length[wide] - has_dot[wide] - np.isin(wide, negative)
         bad.append(runs.start[wide[digits > _MAX_DIGITS]])
     # No leading zero: a 0 that follows no digit or dot, followed by a digit.
-    zero = data[1:-1] == _DIGIT0
-    zero &= digit[2:]
-    zero &= ~(digit[:-2] | (data[:-2] == _DOT))
+    zero = piece.data[1:-1] == _DIGIT0
+    zero &= digit[1:-1] & digit[2:]
+    zero &= ~(digit[:-2] | piece.dot[:-2])
     bad.append(np.flatnonzero(zero) + 1)
     return value, np.concatenate(bad)
 
 
-def _lex(text: np.ndarray, offsets: np.ndarray) -> LexedBoxes:
-    size = len(offsets)
+def _lex(source: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> LexedBoxes:
+    size = len(starts)
     if size == 0:
         return LexedBoxes(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
-    pad = np.zeros(_PAD, dtype=np.uint8)
-    data = np.concatenate([pad, text, pad])
-    view = windows(data)
-    starts = offsets + _PAD
-    ends = np.append(starts[1:], _PAD + len(text))
-    empty = ends - starts == len(PREFIX)  # `<box></box>`: fast too, no box (a flawed block)
-    digit = (data - _DIGIT0) < 10  # uint8 wraps bytes below '0' around
-    runs = _Runs.of(data, digit | (data == _MINUS) | (data == _DOT), starts)
+    lo = int(starts[0]) - _PAD  # source byte lo is piece byte 0
+    starts, ends = starts - lo, ends - lo
+    piece = _Piece.of(source, lo + _PAD, starts, ends)
+    empty = ends == starts  # `<box></box>`: fast too, no box (a flawed block)
+    runs = _Runs.of(piece, starts)
     if len(runs.start) == 0:  # no numbers at all
         return LexedBoxes(np.zeros((0, 4)), np.zeros(size, dtype=np.int64), empty)
-    fast = _shape_ok(view, starts, ends, runs)
-    value, bad = _values(data, view, digit, runs)
+    fast = _shape_ok(windows(piece.data), starts, ends, runs)
+    value, bad = _values(piece, runs)
     fast[np.searchsorted(starts, bad, side="right") - 1] = False
     per_content = np.where(fast, runs.count // 4, 0)
     if (fast | (runs.count == 0)).all():  # every run is a number of a fast content

@@ -59,15 +59,6 @@ class Joined:
         pieces = map(self.raw.__getitem__, map(slice, start.tolist(), end.tolist()))
         return [piece.decode("utf-8", "surrogatepass") for piece in pieces]
 
-    def gather(self, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the bytes of the disjoint ranges [start, end), back to back; where each range begins)."""
-        edges = np.zeros(len(self.data) + 1, dtype=np.int8)
-        edges[start] = 1
-        edges[end] -= 1  # a range may end where the next begins
-        inside = np.cumsum(edges[:-1], dtype=np.int8).view(bool)
-        lengths = end - start
-        return self.data[inside], np.cumsum(lengths) - lengths
-
 
 @dataclass(frozen=True)
 class Tags:

@@ -14,16 +14,19 @@ from hypothesis import strategies as st
 
 from rewards import parse_answer
 from rewards.batch import ParsedBatch, _parse_general, parse_batch
-from rewards.lexer import PREFIX, _box_ends, lex_boxes
+from rewards.lexer import _box_ends, lex_boxes
 from rewards.parse import FAST_SOURCE, answer_region
 
 FAST = re.compile(FAST_SOURCE)
 
 
 def lex(contents: list[str]):  # noqa: ANN201
-    pieces = [PREFIX + c.encode("utf-8", "surrogatepass") for c in contents]
+    """The lexer on the contents laid out as blocks: `x <box>content</box>` for each."""
+    pieces = [c.encode("utf-8", "surrogatepass") for c in contents]
     lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-    return lex_boxes(np.frombuffer(b"".join(pieces), dtype=np.uint8), np.cumsum(lengths) - lengths)
+    starts = np.cumsum(lengths + 13) - lengths - 6  # 13 bytes of `x <box>` and `</box>` around each
+    data = b"".join(b"x <box>" + p + b"</box>" for p in pieces)
+    return lex_boxes(np.frombuffer(data, dtype=np.uint8), starts, starts + lengths)
 
 
 def expected_boxes(content: str) -> list[list[float]]:
