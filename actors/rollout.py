@@ -42,6 +42,9 @@ def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, platform: Platform
         enforce_eager=rollout.enforce_eager,
         seed=rollout.seed,
         limit_mm_per_prompt={"image": 1, "video": 0},
+        # Log-probs of the distribution tokens are drawn from (after temperature, top-k/p): what truncated
+        # importance sampling divides by. vLLM's default, raw log-probs, ignores the temperature.
+        logprobs_mode="processed_logprobs",
         mm_processor_kwargs={"size": model.processor_size()},
         worker_extension_cls=WEIGHT_RECEIVER,  # weight sync's receiving end, inside the engine's workers
         **platform.vllm_memory_kwargs(rollout.kv_cache_memory_mb, rollout.gpu_memory_utilization),
@@ -66,7 +69,8 @@ def vision_token_ids(hf_config: Any) -> list[int]:
 def sampling_params(rollout: RolloutConfig, n: int, greedy: bool = False, max_tokens: int | None = None,
                     banned_ids: Sequence[int] = ()) -> SamplingParams:
     """n samples per prompt with the configured sampling; greedy (eval mode) ignores temperature.
-    `banned_ids` get a -100 logit bias (raw log-probs, which we report, are taken before it)."""
+    `banned_ids` get a -100 logit bias; the reported log-probs are those of the biased distribution, the
+    one tokens are actually drawn from."""
     from vllm import SamplingParams
 
     common = dict(max_tokens=max_tokens or rollout.max_tokens, stop=rollout.stop or None, logprobs=0,
@@ -241,7 +245,7 @@ class RolloutWorker:
             save_file(tensors, str(Path(tmp) / "model.safetensors"))
             path = tmp
         try:
-            self.engine.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+            self.engine.collective_rpc("load_safetensors", args=(str(path),))
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -304,8 +308,13 @@ class RolloutPool:
         import ray
 
         resolved = get_platform(platform)
+        # The engine core in the worker's process: `generate` then queues every request before the first
+        # engine step, so batches (and so the float sums in each forward) do not depend on timing. With the
+        # core in its own process the first requests start while later ones are in flight, and a seeded
+        # step's samples and log-probs could differ between two runs (no bit-exact resume).
+        env = {**resolved.actor_env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         options = dict(num_cpus=1, num_gpus=rollout.tensor_parallel_size if resolved.has_accelerator else 0,
-                       runtime_env={"env_vars": resolved.actor_env()})
+                       runtime_env={"env_vars": env})
         self.timeout_s, self.tensor_parallel_size = timeout_s, rollout.tensor_parallel_size
         self.names = [f"{name_prefix}-{i}" for i in range(rollout.num_workers)]
         actor = ray.remote(RolloutWorker)

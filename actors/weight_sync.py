@@ -182,6 +182,25 @@ class WeightReceiver:
             self.model_runner.reload_weights(weights_iterator=iter(named))
         return sums
 
+    def load_safetensors(self, path: str) -> int:
+        """Load every `*.safetensors` file of a checkpoint folder in place, a tensor at a time; returns
+        the file count. Unlike `reload_weights(weights_path=...)` this leaves the engine's model path
+        alone: with the engine core in-process that config is shared, and the processor is found there."""
+        from safetensors import safe_open
+
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no *.safetensors files")
+
+        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+            for file in files:
+                with safe_open(str(file), framework="pt") as f:
+                    for name in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                        yield name, f.get_tensor(name)
+
+        self.model_runner.reload_weights(weights_iterator=tensors())
+        return len(files)
+
     def reseed(self, seed: int) -> None:
         """Seed the worker's sampling RNG (unseeded requests draw from torch's default generator), so a
         step's rollouts depend on (seed, step), not on what the engine sampled before: a resumed or

@@ -19,7 +19,10 @@ CACHE = Path(".cache/bench")
 
 def reference_logprobs(model, processor, image, prompt_text: str, prompt_ids: list[int],
                        response_ids: list[int]) -> torch.Tensor:
-    """log p(response token | prefix) from a transformers forward over prompt + response.  # [T]"""
+    """log p(response token | prefix) from a transformers forward over prompt + response, with the
+    engine's -100 logit bias on the vision tokens (the distribution vLLM samples and reports).  # [T]"""
+    from actors.rollout import vision_token_ids
+
     inputs = processor(text=[prompt_text], images=[image], return_tensors="pt")
     if inputs["input_ids"][0].tolist() != prompt_ids:
         raise ValueError("processor prompt ids differ from the engine's: the two sides disagree on the image")
@@ -30,6 +33,7 @@ def reference_logprobs(model, processor, image, prompt_text: str, prompt_ids: li
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs["pixel_values"],
                        image_grid_thw=inputs["image_grid_thw"], mm_token_type_ids=types,
                        ).logits[0, len(prompt_ids) - 1:-1]
+    logits[:, vision_token_ids(model.config)] -= 100.0
     return logits.log_softmax(-1).gather(-1, torch.tensor(response_ids)[:, None])[:, 0]
 
 
