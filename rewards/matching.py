@@ -144,9 +144,14 @@ def _path_costs(
     """Cost of the shortest augmenting path from row `start` of each matrix to a free column."""
     width = col_owner.shape[1]
     cost = np.zeros(len(start))
-    dist = grid.reduced(start, n_cols, width)
-    visited = np.zeros(dist.shape, dtype=bool)
     index = np.arange(len(start))
+    # The first column settled is the start row's best (reduced cost 0), and another row holds it.
+    column = grid.best[start]
+    visited = np.zeros((len(start), width), dtype=bool)
+    visited[index, column] = True
+    dist = np.minimum(
+        grid.reduced(start, n_cols, width), grid.reduced(first_row + col_owner[index, column], n_cols, width)
+    )
     while len(index):
         masked = np.where(visited, np.inf, dist)
         column = masked.argmin(axis=1)
