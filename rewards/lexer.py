@@ -5,10 +5,10 @@ The hot path of `rewards.batch`: a content in the form models write (`rewards.pa
 after a comma) is recognised from the runs of number bytes (`0-9 - .`) of all contents at once, where
 a regex costs ~7 ns per character. Every byte of a content is in a run or in a gap before, between
 or after runs, so checking both covers the whole content:
-- gaps: after the prefix `[` (one box) or `[[` (a list), between runs `,` or `, `, with `],[` or
+- gaps: before the first run `[` (one box) or `[[` (a list), between runs `,` or `, `, with `],[` or
   `], [` after every fourth run, and `]` or `]]` at the end; a single box has exactly 4 runs. A gap
-  is read as one integer (its length and bytes), compared with the two allowed after its run; where
-  every content of a piece has a multiple of 4 runs, those are a fixed periodic pattern;
+  is read as one integer (its length and bytes) and compared with the allowed ones; the few `],[`
+  gaps are then checked to sit at ranks 3 mod 4 and to number one less than the boxes;
 - runs: a `-` only first and before a digit, at most one `.`, between digits (the rare `-` and `.`
   are checked one by one), no leading zero (one pass over the bytes);
 - numbers are converted from their bytes: the SWAR digit reduction reads `-` and `.` as the digits
@@ -21,7 +21,6 @@ that fail a check are reported, not parsed: `rewards.batch` sends them through `
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,22 +76,6 @@ def _gap_keys(window: np.ndarray, length: np.ndarray) -> np.ndarray:
     """`_key` of each gap: its first `length` bytes of the 8 in `window`; beyond 4 bytes, no gap's key."""
     low = (window & _LOW_BYTES[np.minimum(length, 4)]).view(np.int64)
     return (np.minimum(length, 5) << 32) | low
-
-
-@functools.lru_cache(maxsize=8)
-def _periodic(size: int) -> np.ndarray:
-    """Whether each of `size` runs is the last of a box of 4, counting from 0 (read-only: shared)."""
-    out = np.resize(np.array([False, False, False, True]), size)
-    out.flags.writeable = False
-    return out
-
-
-def _box_ends(first_run: np.ndarray, runs: np.ndarray) -> np.ndarray:
-    """Whether each run is the 4th, 8th, ... of its content (a `],[` or `], [` gap follows it)."""
-    n_runs = int(runs.sum())
-    if not (first_run & 3).any():  # every content starts at a run number divisible by 4
-        return _periodic(1 << max(n_runs - 1, 0).bit_length())[:n_runs]
-    return (np.arange(n_runs) - np.repeat(first_run, runs)) & 3 == 3
 
 
 def lex_boxes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> LexedBoxes:
@@ -171,10 +154,14 @@ def _shape_ok(view: np.ndarray, starts: np.ndarray, ends: np.ndarray, runs: _Run
     np.subtract(runs.start[1:], runs.end[:-1], out=gap[:-1])
     key = _gap_keys(runs.after, gap)
     between = (key == _BETWEEN[0]) | (key == _BETWEEN[1])
-    ok = np.where(_box_ends(runs.first, runs.count), between, (key == _INSIDE[0]) | (key == _INSIDE[1]))
-    ok[last[has_runs]] = True  # the gap after a content's last run is its tail
+    ok = between | (key == _INSIDE[0]) | (key == _INSIDE[1])
+    ok[last[has_runs]], between[last[has_runs]] = True, False  # the gap after a content's last run is its tail
     fast[np.searchsorted(runs.first, np.flatnonzero(~ok), side="right") - 1] = False
-    return fast
+    # `],[` follows exactly the 4th, 8th, ... run but the last: at ranks 3 mod 4, count // 4 - 1 of them.
+    box_end = np.flatnonzero(between)
+    owner = np.searchsorted(runs.first, box_end, side="right") - 1
+    fast[owner[(box_end - runs.first[owner]) & 3 != 3]] = False
+    return fast & (np.bincount(owner, minlength=len(fast)) == runs.count // 4 - 1)
 
 
 def _values(piece: _Piece, runs: _Runs) -> tuple[np.ndarray, np.ndarray]:
