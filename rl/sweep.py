@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -236,9 +237,17 @@ def run_sweep(spec: SweepSpec, run_fn: RunFn | None = None, log: Callable[[str],
     prepare(first)  # the model and data every run starts from, built once
     spec.root().mkdir(parents=True, exist_ok=True)
     (spec.root() / "sweep.json").write_text(spec.model_dump_json(indent=1))
-    started = connect(first, get_platform(first.cluster.platform))
+    platform = get_platform(first.cluster.platform)
+    started = False
     try:
+        if spec.mode == "local":  # the runs join this process's cluster
+            started = connect(first, platform)
         train_all(spec, configs, run_fn or (run_ray_job if spec.mode == "ray_job" else run_local), log)
+        if spec.mode == "ray_job" and os.environ.get("RAY_ADDRESS", "").startswith("http"):
+            # The jobs API address is for submitting; ray.init needs a GCS address (cluster.address) or
+            # starts a local Ray, which is where the evaluation then runs.
+            os.environ.pop("RAY_ADDRESS")
+        started = started or connect(first, platform)
         records = evaluate_all(spec, runs, log)
     finally:
         if started:
