@@ -132,10 +132,11 @@ def overlap_penalty(pred: FlatBoxes, threshold: float, max_boxes: int) -> np.nda
     active = (pred.count >= 2) & (pred.count <= max_boxes)
     n = np.where(active, pred.count, 0)
     for n_pairs, samples in _groups(n * (n - 1) // 2):
-        first, second = _pairs(int(n[samples[0]]))
-        start = pred.start[samples]  # grids (pairs, samples), as in giou_reward
-        a = tuple(c[start + first[:, None]] for c in pred.coords)
-        iou, _ = pair_scores(a, tuple(c[start + second[:, None]] for c in pred.coords), pred.tame, giou=False)
+        k = int(n[samples[0]])
+        first, second = _pairs(k)
+        # The samples' boxes as (k, samples) grids, gathered once; the pairs' rows are then plain copies.
+        boxes = tuple(c[pred.start[samples] + np.arange(k)[:, None]] for c in pred.coords)
+        iou, _ = pair_scores(tuple(g[first] for g in boxes), tuple(g[second] for g in boxes), pred.tame, giou=False)
         excess = np.maximum(0.0, (iou - threshold) / (1.0 - threshold))
         # + 0.0 turns -0.0 into 0.0 for samples without any overlap.
         out[samples] = np.clip(-np.add.reduce(excess, axis=0) / n_pairs, -1.0, 0.0) + 0.0
