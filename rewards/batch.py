@@ -76,8 +76,21 @@ def _contents(joined: Joined, found: Blocks) -> ContentBoxes:
         bad[slow] = rest.bad
         # Slow contents have no lexed box: their boxes go in between, in content order.
         at = np.searchsorted(owner, slow[rest.content])
-        boxes, owner = np.insert(boxes, at, rest.boxes, axis=0), np.insert(owner, at, slow[rest.content])
+        boxes, owner = _insert_rows(boxes, at, rest.boxes), np.insert(owner, at, slow[rest.content])
     return ContentBoxes(boxes, owner, bad)
+
+
+def _insert_rows(boxes: np.ndarray, at: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """np.insert(boxes, at, new, axis=0) for (N, 4) float64, at increasing, 9x faster: rows move as
+    one 32-byte item each (numpy copies rows of a 2-d array element by element)."""
+    out = np.empty((len(boxes) + len(new), 4))
+    placed = at + np.arange(len(at))
+    keep = np.ones(len(out), dtype=bool)
+    keep[placed] = False
+    row = out.view("V32").ravel()
+    row[placed] = np.ascontiguousarray(new).view("V32").ravel()
+    row[keep] = np.ascontiguousarray(boxes).view("V32").ravel()
+    return out
 
 
 def _parse_joined(joined: Joined, vocab: dict[str, int]) -> ParsedBatch:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewards import parse_answer
-from rewards.batch import ParsedBatch, _parse_general, parse_batch
+from rewards.batch import ParsedBatch, _insert_rows, _parse_general, parse_batch
 from rewards.lexer import lex_boxes
 from rewards.parse import FAST_SOURCE, answer_region
 
@@ -190,3 +190,12 @@ def test_parse_answer_on_the_fast_path() -> None:
     parsed = parse_answer("  NODULE: <box>[[1, 2, 3, 4], [5, 5, 1, 9]]</box>; mass <box>[-0.5, 0, 2.25, 3]</box>")
     assert [label for label, _ in parsed] == ["nodule", "mass"]
     assert parsed[0][1].tolist() == [[1, 2, 3, 4]] and parsed[1][1].tolist() == [[-0.5, 0, 2.25, 3]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 20), st.lists(st.integers(0, 20), max_size=10))
+def test_insert_rows_is_np_insert(n: int, at: list[int]) -> None:
+    boxes = np.arange(4 * n, dtype=np.float64).reshape(n, 4)
+    where = np.sort(np.minimum(np.array(at, dtype=np.int64), n))
+    new = -1.0 - np.arange(4 * len(at), dtype=np.float64).reshape(-1, 4)
+    np.testing.assert_array_equal(_insert_rows(boxes, where, new), np.insert(boxes, where, new, axis=0))
