@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from rewards.components import FlatBoxes, offsets, segments
-from rewards.geometry import pair_scores
+from rewards.geometry import match_scores, pair_scores
 from rewards.matching import Grid, exact_sums, one_row_short, settle
 
 _CELLS_PER_PIECE = 1 << 15  # cells of a grid computed at once: its temporaries stay in cache
@@ -85,14 +85,12 @@ def giou_reward(pred: FlatBoxes, ref: FlatBoxes, max_boxes: int) -> np.ndarray:
         rows = offsets(n_rows)[samples][owner] + row  # the samples' rows, consecutive
         # The grid is transposed, (width, rows): numpy then runs every operation along the long axis.
         col_box = col_start[samples][owner] + np.arange(width)[:, None]
+        grid = values[filled : filled + col_box.size].reshape(col_box.shape)
         a = tuple(c[row_box[rows]] for c in coords)
-        _, giou = pair_scores(a, tuple(c[col_box] for c in coords), pred.tame and ref.tame)
-        assert giou is not None
-        grid = values[filled : filled + giou.size].reshape(giou.shape)
-        np.multiply(giou + 1.0, 0.5, out=grid)
+        match_scores(a, tuple(c[col_box] for c in coords), pred.tame and ref.tame, grid)
         row_max[rows], best[rows] = _first_best(grid)
         cell[rows], stride[rows] = filled + np.arange(len(rows)), len(rows)
-        filled += giou.size
+        filled += grid.size
     sums, clashing = settle(row_sample, row_max, best, len(out), int(n_cols.max(initial=1)))
     if len(clashing):
         sums[clashing] = _exact(

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewards import giou_matrix, iou_matrix
-from rewards.geometry import columns, is_tame, robust, textbook
+from rewards.geometry import columns, is_tame, match_scores, pair_scores, robust, textbook
 
 
 def random_boxes(rng: np.random.Generator, n: int, scale: float = 1000.0) -> np.ndarray:
@@ -112,3 +112,17 @@ def test_any_finite_boxes_give_finite_values_in_range(a: list, b: list) -> None:
     assert np.isfinite(iou).all() and np.isfinite(giou).all()
     assert ((iou >= 0) & (iou <= 1)).all()
     assert ((giou >= -1) & (giou <= 1)).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e120])
+def test_match_scores_are_the_textbook_giou_in_place(scale: float) -> None:
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0, 900, (2, 3, 50, 2)) * scale
+    boxes = np.concatenate([lo, lo + rng.uniform(1, 300, lo.shape) * scale], axis=-1)  # (2, 3, 50, 4)
+    a, b = columns(boxes[0, :1]), columns(boxes[1])  # a row of boxes against a (3, 50) grid
+    tame = scale == 1.0
+    out = np.empty((3, 50))
+    match_scores(a, b, tame, out)
+    giou = pair_scores(a, b, tame)[1]
+    assert giou is not None
+    np.testing.assert_array_equal(out, (giou + 1.0) * 0.5)
