@@ -3,8 +3,13 @@ weight sync): under `ray job submit` against a real head, and resumed mid-run to
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +19,7 @@ from safetensors.torch import load_file
 
 from rl import checkpoint
 from rl.config import load_config
-from tests.conftest import CACHE
+from tests.conftest import CACHE, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -53,17 +58,68 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
         "images": acc.Tags()["images"]}
 
 
-def test_resume_restores_the_checkpoint_exactly_and_continues(ray_cluster, tiny_model_dir, synthetic_dir, tmp_path):
+def test_ray_job_submit_trains_and_writes_checkpoint_and_logs(tiny_model_dir, synthetic_dir, tmp_path):
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # what our cluster launchers turn on
+    port, dashboard = _free_port(), _free_port()
+    # Every fixed default port gets a free one: another Ray on the machine (this session's own, from
+    # ray_cluster) already holds the agent's 52365, and a head whose job agent cannot bind accepts jobs
+    # through its API but never runs them ("No available agent"), then dies with the agent.
+    ports = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "metrics-export-port", "runtime-env-agent-port",
+                                                     "ray-client-server-port")]
+    short_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 107 chars
+    # --block keeps `ray start` in the foreground owning the head's processes: terminating its process
+    # group stops this head only (`ray stop` would stop every Ray on the machine, the session's too).
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=8",
+                             *ports, "--disable-usage-stats", f"--temp-dir={short_tmp}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_jobs_api(ray, dashboard, env)
+        for _ in range(30):  # the head's job agent may come up a little after its job API
+            job = subprocess.run(
+                [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
+                 sys.executable, "-m", "rl.launch", *SMALL, "grpo.num_steps=2",
+                 f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path / 'runs'}"],
+                env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent" not in job.stderr + job.stdout:
+                break
+            time.sleep(2)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=120)
+        shutil.rmtree(short_tmp, ignore_errors=True)
+    assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "held-out after GRPO" in job.stdout
+    (final,) = checkpoint.complete(tmp_path / "ckpt")
+    assert final.name == "step-000002" and checkpoint.verify(final, deep=True)
+    assert checkpoint.load_state(final)["version"] == 2
+    scalars = _scalars(tmp_path / "runs")
+    assert len(scalars["reward/total/mean"]) == 2 and scalars["batch/dropped_group_frac"] == [0.0, 0.0]
+    for tag in ("learner/loss", "learner/approx_kl", "learner/entropy", "time/rollout", "time/sync",
+                "advantage/std", "eval/mean_iou_matched", "policy/version_lag"):
+        assert tag in scalars, tag
+    assert scalars["images"] == ["predictions"]
+    assert (tmp_path / "runs" / "summary.json").is_file()
+
+
+def test_resume_continues_exactly_like_a_straight_run(ray_cluster, tiny_model_dir, synthetic_dir, tmp_path):
+    """3 steps + resume + 3 steps == 6 straight steps, bit for bit (CPU fp32, tolerance 0): the checkpoint
+    holds weights, optimizer, scheduler, step, policy version and data position, and every step's rollouts
+    are seeded by (rollout.seed, step, refill round), with the engines' batches independent of timing."""
     from actors.weight_sync import checksum
     from rl.trainer import GRPOTrainer, run_grpo
 
-    def config(steps: int):
+    def config(run: str, steps: int):
+        out = tmp_path / run
         return load_config(overrides=[*SMALL, f"grpo.num_steps={steps}", "checkpoint.every=3",
-                                      f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path / 'runs'}"])
+                                      f"checkpoint.dir={out / 'ckpt'}", f"logging.dir={out / 'runs'}"])
 
-    run_grpo(config(3))
-    saved = checkpoint.step_dir(tmp_path / "ckpt", 3)
-    trainer = GRPOTrainer(config(6))  # checkpoint.resume=auto
+    run_grpo(config("straight", 6))
+    run_grpo(config("split", 3))
+    saved = checkpoint.step_dir(tmp_path / "split" / "ckpt", 3)
+    trainer = GRPOTrainer(config("split", 6))  # checkpoint.resume=auto
     try:
         state = checkpoint.load_state(saved)
         assert (trainer.step, trainer.version) == (3, 3) == (state["step"], state["version"])
@@ -75,10 +131,15 @@ def test_resume_restores_the_checkpoint_exactly_and_continues(ray_cluster, tiny_
         trainer.run(log=lambda *_: None)
     finally:
         trainer.shutdown()
-    assert [p.name for p in checkpoint.complete(tmp_path / "ckpt")] == ["step-000003", "step-000006"]
-    final = checkpoint.load_state(checkpoint.step_dir(tmp_path / "ckpt", 6))
+    assert [p.name for p in checkpoint.complete(tmp_path / "split" / "ckpt")] == ["step-000003", "step-000006"]
+    final = checkpoint.load_state(checkpoint.step_dir(tmp_path / "split" / "ckpt", 6))
     # 6 steps x 2 prompts, more if dynamic sampling refilled a zero-variance group.
     assert final["version"] == 6 and final["data"]["epoch"] * 64 + final["data"]["cursor"] >= 12
-    moved = load_file(str(checkpoint.step_dir(tmp_path / "ckpt", 6) / "model" / "model.safetensors"))
-    assert max((moved[k] - weights[k]).abs().max().item() for k in weights) > 0  # training went on
-    assert not any(torch.isnan(t).any() for t in moved.values())
+    straight = checkpoint.load_state(checkpoint.step_dir(tmp_path / "straight" / "ckpt", 6))
+    assert final["data"] == straight["data"]
+    resumed = load_file(str(checkpoint.step_dir(tmp_path / "split" / "ckpt", 6) / "model" / "model.safetensors"))
+    reference = load_file(str(checkpoint.step_dir(tmp_path / "straight" / "ckpt", 6) / "model" / "model.safetensors"))
+    assert max((resumed[k] - weights[k]).abs().max().item() for k in weights) > 0  # training went on
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name
