@@ -101,7 +101,7 @@ class RolloutConfig(Section):
 
 
 class GRPOConfig(Section):
-    num_steps: int = Field(default=20, ge=0)
+    num_steps: int = Field(default=30, ge=0)
     prompts_per_step: int = Field(default=8, ge=1)
     group_size: int = Field(default=8, ge=2)  # G samples per prompt; advantages need >= 2
     clip_low: float = Field(default=0.2, ge=0)
@@ -125,8 +125,8 @@ class LearnerConfig(Section):
     offload_optimizer: bool = False
     offload_params: bool = False
     micro_batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=1e-5, gt=0)
-    warmup_steps: int = Field(default=0, ge=0)
+    lr: float = Field(default=3e-5, gt=0)
+    warmup_steps: int = Field(default=5, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
@@ -218,7 +218,7 @@ class Config(Section):
     # Stages run in order by rl.launch: "sft" fine-tunes model.path (later stages then start from
     # sft.output_dir); "grpo" trains with the grounding rewards (rl/trainer.py); "preview" samples a
     # few grounded answers with vLLM.
-    pipeline: list[Literal["preview", "sft", "grpo"]] = Field(default_factory=lambda: ["sft", "preview"])
+    pipeline: list[Literal["preview", "sft", "grpo"]] = Field(default_factory=lambda: ["sft", "grpo"])
     seed: int = 0
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -75,6 +75,18 @@ def evaluate_rows(pool: Any, rows: Sequence[Any], rewards: RewardConfig | None =
     return grounding_metrics(texts, [row.answer for row in rows], rewards, lengths, frame)
 
 
+def evaluate_sampled(pool: Any, rows: Sequence[Any], n: int, seed: int, rewards: RewardConfig | None = None,
+                     frame: float | None = None) -> dict[str, float]:
+    """`n` seeded samples per row at the rollout temperature, scored together: the expected reward of the
+    sampling policy, which is what GRPO maximises (greedy answers can move the other way, see
+    docs/learning.md)."""
+    results, _ = pool.generate(rows, n=n, seed=seed)
+    texts = [s.text for r in results for s in r.samples]
+    lengths = [len(s.response_ids) for r in results for s in r.samples]
+    references = [rows[r.index].answer for r in results for _ in r.samples]
+    return grounding_metrics(texts, references, rewards, lengths, frame)
+
+
 @dataclass
 class Evaluation:
     metrics: dict[str, float]

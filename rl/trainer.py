@@ -28,11 +28,12 @@ from actors.weight_sync import WeightSync
 from rl import checkpoint
 from rl.config import Config
 from rl.data import GroundingRow, PromptOrder, load_split
-from rl.evaluate import evaluate_rows
+from rl.evaluate import evaluate_rows, evaluate_sampled
 from rl.grpo import dynamic_sampling_mask, group_advantages
 from rl.platform import get_platform
 
 EVAL_ROWS = 64
+EVAL_SEED = 987_654_321  # the held-out samples are the same before and after, in every run
 
 
 @dataclass
@@ -87,7 +88,7 @@ class GRPOTrainer:
         from tqdm import tqdm
 
         writer = SummaryWriter(self.cfg.logging.dir)
-        before = evaluate_rows(self.pool, self.val_rows, self.cfg.rewards)
+        before = self.evaluate()
         log(_table("held-out before GRPO", before))
         bar = tqdm(total=self.cfg.grpo.num_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
         while self.step < self.cfg.grpo.num_steps:
@@ -106,12 +107,18 @@ class GRPOTrainer:
         bar.close()
         if not self.cfg.checkpoint.every or self.step % self.cfg.checkpoint.every:
             self.save()
-        after = evaluate_rows(self.pool, self.val_rows, self.cfg.rewards)
+        after = self.evaluate()
         for key, value in after.items():
             writer.add_scalar(f"eval/{key}", value, self.step)
         writer.close()
         log(_table("held-out after GRPO", after, before))
         return {"before": before, "after": after}
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of greedy answers, and `sampled/...` ones of G seeded samples per val row."""
+        greedy = evaluate_rows(self.pool, self.val_rows, self.cfg.rewards)
+        sampled = evaluate_sampled(self.pool, self.val_rows, self.group_size, EVAL_SEED, self.cfg.rewards)
+        return greedy | {f"sampled/{k}": v for k, v in sampled.items()}
 
     def train_step(self) -> dict[str, float]:
         timings: dict[str, float] = {}
@@ -246,10 +253,13 @@ def _line(step: int, m: dict[str, float]) -> str:
 
 def _table(title: str, metrics: dict[str, float], before: dict[str, float] | None = None) -> str:
     keys = ["total_reward", "mean_iou_matched", "label_accuracy", "format_valid"]
-    lines = [f"{title}:"]
+    lines = [f"{title} ({EVAL_ROWS} val rows)", f"  {'':18s} {'greedy':18s}sampled (G per row)"]
     for k in keys:
-        delta = f"  ({metrics[k] - before[k]:+.3f})" if before else ""
-        lines.append(f"  {k:18s} {metrics[k]:.3f}{delta}")
+        cells = []
+        for key in (k, f"sampled/{k}"):
+            delta = f" ({metrics[key] - before[key]:+.3f})" if before else ""
+            cells.append(f"{metrics[key]:.3f}{delta:9s}")
+        lines.append(f"  {k:18s} " + "   ".join(cells))
     return "\n".join(lines)
 
 

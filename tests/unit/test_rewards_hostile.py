@@ -55,18 +55,20 @@ TWO_MEGABYTES = {
 def test_two_megabyte_completion_scores_well_under_a_second(name: str) -> None:
     text = TWO_MEGABYTES[name]()
     assert len(text) >= 1_000_000
-    start = time.perf_counter()
+    # CPU time, not wall time: the promise is about the work a hostile input costs, and wall time on a
+    # shared machine also counts every other process (it failed at load 20 with 0.15 s of CPU).
+    start = time.process_time()
     out = score_batch([text], [R])
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     check_ranges(out)
     assert elapsed < 1.0, f"{name}: {elapsed:.2f} s"
     parse_answer(text)  # never raises either
 
 
 def test_box_tags_repeated_200000_times() -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     out = score("<box>" * 200_000, R)
-    assert time.perf_counter() - start < 0.5
+    assert time.process_time() - start < 0.5
     assert out["tag_count"] == 0.0 and out["giou"] == 0.0
 
 
