@@ -95,3 +95,10 @@ def test_total_is_weighted_sum() -> None:
     config = RewardConfig(label_accuracy=2.0, giou=0.5, tag_count=0.0, overlap_penalty=3.0)
     out = score("Fractures <box>[[0,0,10,10],[0,0,10,8]]</box>", "Fractures <box>[[0,0,10,10]]</box>", config)
     assert out["total"] == approx(2.0 * 1.0 + 0.5 * 0.5 + 0.0 * 1.0 + 3.0 * -0.6)
+
+
+def test_batches_without_a_single_tag() -> None:
+    # The batched scanner finds no tag anywhere (a regression: an empty tag list once raised IndexError).
+    out = score_batch(["No findings.", "", "nothing here"], ["No findings.", "", "Nodule <box>[[1, 2, 3, 4]]</box>"])
+    assert out["total"].tolist() == [2.5, 2.5, 0.0]
+    assert out["tag_count"].tolist() == [1.0, 1.0, 0.0]
