@@ -44,7 +44,7 @@ def learner_config(tiny_config) -> Config:
     return _config(
         tiny_config,
         grpo={"prompts_per_step": 2, "group_size": GROUP, "num_mini_batches": 2, "kl_coef": 0.05, "tis_cap": 2.0},
-        learner={"micro_batch_size": 2, "lr": LR, "num_learners": 1},
+        learner={"micro_batch_size": 2, "lr": LR, "num_learners": 1, "warmup_steps": 0},  # full lr from step 1
         cluster={"platform": "cpu", "call_timeout_s": 300},
     )
 
