@@ -42,7 +42,7 @@ def _overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
         f"data.synthetic.num_train={max(64, args.steps * args.prompts)}", "data.synthetic.num_val=8",
         "data.synthetic.num_test=8", f"grpo.prompts_per_step={args.prompts}", f"grpo.group_size={args.group_size}",
         f"grpo.num_steps={args.steps}", f"grpo.dynamic_sampling={str(args.dynamic_sampling).lower()}",
-        f"rollout.max_tokens={args.max_tokens}", f"learner.lr={args.lr}",
+        f"rollout.max_tokens={args.max_tokens}", f"learner.lr={args.lr}", "learner.warmup_steps=0",  # as TRL
         f"learner.micro_batch_size={min(args.micro_batch, sequences)}", f"learner.cpus_per_learner={args.threads}",
         f"checkpoint.dir={run_dir / 'ckpt'}", "checkpoint.resume=never", f"logging.dir={run_dir / 'runs'}",
         *args.set,
