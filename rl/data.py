@@ -139,18 +139,27 @@ def load_image(path: Path) -> Image.Image:
         raise DatasetError(f"{path}: unreadable image ({e})") from e
 
 
-def _image_problem(path: Path) -> str | None:
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # larger images are bad rows (a 2 GB decode is a denial of service)
+
+
+def _image_problem(path: Path, max_pixels: int, decode: bool) -> str | None:
     if not path.is_file():
         return f"image not found: {path}"
     try:
         with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                return f"image {path} has {im.width}x{im.height} pixels, more than the limit of {max_pixels}"
             im.verify()  # checks structure and checksums without decoding every pixel
+        if decode:  # a truncated file can pass verify() (JPEG): decoding every pixel finds it
+            with Image.open(path) as im:
+                im.load()
     except Exception as e:  # Pillow raises many types for broken files; all mean "unreadable"
         return f"unreadable image {path}: {type(e).__name__}: {e}"
     return None
 
 
-def _parse_row(text: str, folder: Path, frame: int, check_images: bool) -> GroundingRow | str:
+def _parse_row(text: str, folder: Path, frame: int, check_images: bool, max_pixels: int = MAX_IMAGE_PIXELS,
+               decode: bool = False) -> GroundingRow | str:
     """The row, or the reason it is bad (source and line are filled in by the caller)."""
     try:
         obj = json.loads(text)
@@ -174,14 +183,15 @@ def _parse_row(text: str, folder: Path, frame: int, check_images: bool) -> Groun
             if reason := _box_problem(box, frame):
                 return f"{reason} (label {label!r})"
     image = folder / obj["image"]  # an absolute "image" replaces folder
-    if check_images and (reason := _image_problem(image)):
+    if check_images and (reason := _image_problem(image, max_pixels, decode)):
         return reason
     return GroundingRow(image=image, prompt=obj["prompt"], answer=obj["answer"], source=Path(), line=0)
 
 
 def load_split(path: Path, *, frame: int = 1000, on_error: Literal["raise", "skip"] = "raise",
-               check_images: bool = True) -> LoadedSplit:
-    """Read and validate a JSONL split. Bad rows raise DatasetError, or with on_error="skip" are counted."""
+               check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False) -> LoadedSplit:
+    """Read and validate a JSONL split. Bad rows raise DatasetError, or with on_error="skip" are counted.
+    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.data check` does)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path)
@@ -191,7 +201,7 @@ def load_split(path: Path, *, frame: int = 1000, on_error: Literal["raise", "ski
         for number, text in enumerate(f, start=1):
             if not text.strip():
                 continue  # blank lines (e.g. a trailing newline) are not rows
-            result = _parse_row(text, path.parent, frame, check_images)
+            result = _parse_row(text, path.parent, frame, check_images, max_pixels, decode)
             if isinstance(result, GroundingRow):
                 rows.append(GroundingRow(result.image, result.prompt, result.answer, path, number))
             elif on_error == "raise":
@@ -393,3 +403,38 @@ class PromptOrder:
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "cursor": self.cursor}
+
+
+# ---------------------------------------------------------------- python -m rl.data check FILE.jsonl
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`check FILE.jsonl ...`: one `FILE:LINE: reason` line per bad row, then `N rows, K bad`; exit 1 if
+    any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rl.data", description="Validate grounding datasets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate JSONL files without training")
+    check.add_argument("files", nargs="+", type=Path)
+    check.add_argument("--frame", type=int, default=1000, help="coordinate frame of the boxes (data.coord_frame)")
+    check.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, help="largest image, width x height")
+    args = parser.parse_args(argv)
+    rows = bad = 0
+    for file in args.files:
+        try:
+            loaded = load_split(file, frame=args.frame, on_error="skip", max_pixels=args.max_pixels, decode=True)
+        except OSError as e:
+            print(f"{file}: cannot read ({e.strerror or e})")
+            bad += 1
+            continue
+        for line in loaded.skipped:
+            print(line)
+        rows += len(loaded.rows) + len(loaded.skipped)
+        bad += len(loaded.skipped)
+    print(f"{rows} rows, {bad} bad")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -262,3 +262,35 @@ def test_check_images_off_and_load_image_errors(tmp_path: Path) -> None:
         load_image(tmp_path / "junk.png")
     with pytest.raises(ValueError, match="on_error"):
         load_split(path, on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_check_command_lists_every_bad_row_and_exits_1(tmp_path: Path, capsys) -> None:
+    from rl.data import main
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    whole = tmp_path / "whole.jpg"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(whole, quality=95)
+    (tmp_path / "cut.jpg").write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])  # truncated JPEG
+    (tmp_path / "text.png").write_text("not an image")
+    path = _write_rows(tmp_path / "set.jsonl", [
+        GOOD, "{not json", {**GOOD, "image": "big.png"}, {"image": "ok.png", "prompt": "p"},
+        {**GOOD, "image": "cut.jpg"}, {**GOOD, "image": "text.png"},
+        {**GOOD, "answer": "Mass <box>[[5, 0, 5, 9]]</box>"}, {**GOOD, "answer": "Mass <box>oops</box>"}, GOOD,
+    ])
+    assert main(["check", str(path), "--max-pixels", "1000"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines[:-1]] == [f"{path}:{n}" for n in (2, 3, 4, 5, 6, 7, 8)]
+    assert "invalid JSON" in lines[0] and "40x40 pixels, more than the limit of 1000" in lines[1]
+    assert "missing key 'answer'" in lines[2] and "unreadable image" in lines[3] and "unreadable image" in lines[4]
+    assert "bad answer" in lines[6]
+    assert lines[-1] == "9 rows, 7 bad"
+
+
+def test_check_command_passes_a_clean_set(tmp_path: Path, capsys) -> None:
+    from rl.data import main
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    path = _write_rows(tmp_path / "set.jsonl", [GOOD, GOOD])
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["2 rows, 0 bad"]
