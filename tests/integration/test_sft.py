@@ -116,11 +116,11 @@ def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, synthetic_dir
         assert (a[name] - b[name]).abs().max() < 1e-5, name
 
 
-def test_two_processes_train_together(tmp_path, tiny_model_dir, synthetic_dir, capsys):
+def test_two_processes_train_together(tmp_path, tiny_model_dir, synthetic_dir, capfd):
     """sft.num_processes=2: torchrun, one gloo group, the global batch split over both processes."""
     overrides = _overrides(tmp_path, tiny_model_dir, synthetic_dir, num_steps=2, micro_batch_size=4,
                            num_processes=2, eval_every=0, grounding_eval_rows=4, eval_batch_size=2, warmup_steps=0)
     assert main(overrides) == 0
     summary = json.loads((tmp_path / "sft" / SUMMARY).read_text())
     assert summary["steps"] == 2 and set(summary["after"]) >= {"giou", "tag_count"}
-    assert "2 process(es)" in capsys.readouterr().out
+    assert "2 process(es)" in capfd.readouterr().out  # printed by rank 0, a torchrun child: fd-level capture
