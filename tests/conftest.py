@@ -109,7 +109,9 @@ def sft_run(tmp_path_factory, tiny_model_dir: Path) -> tuple[Config, dict]:
 
     from rl.sft import SUMMARY, main
 
-    overrides = sft_overrides(tmp_path_factory.mktemp("sft-demo"), tiny_model_dir, eval_every=100, log_every=20)
+    # Exactly the demo's SFT settings, eval and logging intervals included: they change the trajectory
+    # (measured at 250 steps: val tag_count 0.945 / 0.891 / 0.711 for three settings; 0.977 at 350).
+    overrides = sft_overrides(tmp_path_factory.mktemp("sft-demo"), tiny_model_dir)
     assert main(overrides) == 0
     cfg = load_config(overrides=overrides)
     return cfg, json.loads((Path(cfg.sft.output_dir) / SUMMARY).read_text())
