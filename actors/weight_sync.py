@@ -100,6 +100,20 @@ def checksum(tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
             for name, t in tensors}
 
 
+def safetensors_files(path: str | Path) -> list[Path]:
+    return sorted(Path(path).glob("*.safetensors"))
+
+
+def iter_safetensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every tensor in the files, one tensor in memory at a time."""
+    from safetensors import safe_open
+
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                yield name, f.get_tensor(name)
+
+
 def process_group(store: dist.Store, rank: int, world_size: int, backend: str, timeout_s: float):
     """A process group of its own (never the default one, which vLLM and DeepSpeed use)."""
     timeout = timedelta(seconds=timeout_s)
@@ -186,19 +200,10 @@ class WeightReceiver:
         """Load every `*.safetensors` file of a checkpoint folder in place, a tensor at a time; returns
         the file count. Unlike `reload_weights(weights_path=...)` this leaves the engine's model path
         alone: with the engine core in-process that config is shared, and the processor is found there."""
-        from safetensors import safe_open
-
-        files = sorted(Path(path).glob("*.safetensors"))
+        files = safetensors_files(path)
         if not files:
             raise FileNotFoundError(f"{path}: no *.safetensors files")
-
-        def tensors() -> Iterator[tuple[str, torch.Tensor]]:
-            for file in files:
-                with safe_open(str(file), framework="pt") as f:
-                    for name in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                        yield name, f.get_tensor(name)
-
-        self.model_runner.reload_weights(weights_iterator=tensors())
+        self.model_runner.reload_weights(weights_iterator=iter_safetensors(files))
         return len(files)
 
     def reseed(self, seed: int) -> None:
@@ -294,19 +299,13 @@ class CheckpointSource(WeightSource):
     """Serves the weights of an HF safetensors checkpoint (benchmarks, tests of the transport)."""
 
     def __init__(self, path: str):
-        from safetensors import safe_open
-
-        self.files = sorted(str(p) for p in Path(path).glob("*.safetensors"))
-        self._open = lambda f: safe_open(f, framework="pt")
+        self.files = safetensors_files(path)
 
     def weight_metas(self) -> list[TensorMeta]:
         return [TensorMeta(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in self.iter_weights()]
 
     def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for file in self.files:
-            with self._open(file) as f:
-                for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    yield name, f.get_tensor(name)
+        return iter_safetensors(self.files)
 
 
 class WeightSyncError(ActorCallError):
