@@ -30,6 +30,13 @@ if TYPE_CHECKING:
     from vllm import LLM, SamplingParams
 
 
+# The engine core in the engine owner's process: `generate` then queues every request before the first
+# engine step, so batches (and so the float sums in each forward) do not depend on timing. With the core
+# in its own process the first requests start while later ones are in flight, and a seeded step's
+# samples and log-probs could differ between two runs (no bit-exact resume).
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
 def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, platform: Platform) -> dict[str, Any]:
     """Keyword arguments of `vllm.LLM` for this model, rollout config and platform."""
     return dict(
@@ -308,11 +315,7 @@ class RolloutPool:
         import ray
 
         resolved = get_platform(platform)
-        # The engine core in the worker's process: `generate` then queues every request before the first
-        # engine step, so batches (and so the float sums in each forward) do not depend on timing. With the
-        # core in its own process the first requests start while later ones are in flight, and a seeded
-        # step's samples and log-probs could differ between two runs (no bit-exact resume).
-        env = {**resolved.actor_env(), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        env = {**resolved.actor_env(), **ENGINE_ENV}
         options = dict(num_cpus=1, num_gpus=rollout.tensor_parallel_size if resolved.has_accelerator else 0,
                        runtime_env={"env_vars": env})
         self.timeout_s, self.tensor_parallel_size = timeout_s, rollout.tensor_parallel_size

@@ -8,6 +8,7 @@ reports how close vLLM's sampling log-probs are to a transformers forward pass o
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def run(argv: list[str]) -> dict:
 
     import ray
 
-    from actors.rollout import RolloutPool, build_engine, engine_inputs, sampling_params
+    from actors.rollout import ENGINE_ENV, RolloutPool, build_engine, engine_inputs, sampling_params
     from rl.config import load_config
     from rl.data import ensure_dataset, load_split
     from rl.platform import apply_env, get_platform
@@ -58,6 +59,7 @@ def run(argv: list[str]) -> dict:
                                  f"rollout.max_tokens={args.max_tokens}", "rollout.num_workers=1"])
     platform = get_platform(cfg.cluster.platform)
     apply_env(platform)
+    os.environ.update(ENGINE_ENV)  # the direct engine is built exactly as a RolloutWorker builds its own
     ensure_model(cfg.model)
     rows = load_split(ensure_dataset(cfg.data) / "val.jsonl").rows[: args.prompts]
     # Long enough answers to time decoding, not start-up: no early EOS from the random model matters here.
