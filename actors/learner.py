@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -35,7 +34,7 @@ from actors.learner_batch import (
     pad_rows,
     shard_for_learners,
 )
-from actors.remote import ActorCallError, gather, reachable_host
+from actors.remote import ActorCallError, Locatable, gather, label, reachable_host
 from actors.weight_sync import TensorMeta, WeightSource
 from rl.config import Config
 from rl.grpo import grpo_loss, lr_factor, truncated_is_weights
@@ -49,7 +48,7 @@ PROCESSOR_FILES = ("tokenizer*", "processor_config.json", "preprocessor_config.j
 DS_TAG = "state"  # DeepSpeed checkpoint tag inside <checkpoint>/deepspeed
 
 
-class Learner(WeightSource):
+class Learner(WeightSource, Locatable):
     """One rank of the learner group (a Ray actor). Call order: `master_address` (rank 0), `setup`,
     then any of compute_logprobs / update / save / load / full_state_dict."""
 
@@ -60,22 +59,29 @@ class Learner(WeightSource):
         torch.set_num_threads(cfg.learner.cpus_per_learner)  # Ray caps OMP threads at 1 otherwise
         torch.manual_seed(cfg.seed)
         self.engine: Any = None
+        self.store: Any = None  # the process group's TCP store (rank 0 hosts it)
         self.ref_engine: Any = None  # stays None when kl_coef == 0: the reference is never loaded
 
     def ping(self) -> int:
         return self.rank
 
     def master_address(self) -> tuple[str, int]:
-        """Rank 0: the address and a free port for the process group's TCP store."""
+        """Rank 0: opens the process group's TCP store on a free port and returns its address. The store
+        stays open until `setup` joins it: picking a free port and binding it later would race other
+        processes for the port (EADDRINUSE)."""
+        from torch.distributed import TCPStore
+
         host = reachable_host(self.cfg.cluster.host)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            return host, s.getsockname()[1]
+        self.store = TCPStore(host, 0, self.world_size, is_master=True, wait_for_workers=False,
+                              timeout=timedelta(seconds=self.cfg.cluster.call_timeout_s))
+        return host, self.store.port
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """Join the process group and build the DeepSpeed engine(s)."""
         import deepspeed
         import deepspeed.comm.torch as ds_comm
+        import torch.distributed as dist
+        from torch.distributed import TCPStore
         from transformers import AutoConfig
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
@@ -87,11 +93,14 @@ class Learner(WeightSource):
         # each learner exactly one accelerator.
         os.environ.update({"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0",
                            "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)})
-        deepspeed.init_distributed(
-            dist_backend=self.platform.dist_backend, auto_mpi_discovery=False,
-            init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank, world_size=self.world_size,
-            timeout=timedelta(seconds=self.cfg.cluster.call_timeout_s), verbose=False,
-        )
+        timeout = timedelta(seconds=self.cfg.cluster.call_timeout_s)
+        if self.rank:
+            self.store = TCPStore(master_addr, master_port, self.world_size, is_master=False, timeout=timeout)
+        dist.init_process_group(self.platform.dist_backend, store=self.store, rank=self.rank,
+                                world_size=self.world_size, timeout=timeout)
+        # DeepSpeed adopts the process group already there.
+        deepspeed.init_distributed(dist_backend=self.platform.dist_backend, auto_mpi_discovery=False,
+                                   timeout=timeout, verbose=False)
         self.device = torch.device(self.platform.device_type)
         self.dtype = getattr(torch, self.platform.dtype(self.cfg.model.dtype))
         mc = self.cfg.model
@@ -406,7 +415,8 @@ class LearnerGroup:
         self.actors = [ray.remote(Learner).options(name=name, **options, **pinned(rank)).remote(
             cfg, rank, self.num_learners) for rank, name in enumerate(self.names)]
         try:
-            addr, port = self._call("master_address", [self.actors[0].master_address.remote()], self.names[:1])[0]
+            self.where = self._call("start", [a.where.remote() for a in self.actors], self.names)
+            addr, port = self._call("master_address", [self.actors[0].master_address.remote()], self.labels[:1])[0]
             self.info = self._call("setup", [a.setup.remote(addr, port) for a in self.actors])
         except BaseException:
             self.shutdown()
@@ -448,4 +458,9 @@ class LearnerGroup:
     def _call(self, phase: str, refs: list[Any], names: list[str] | None = None) -> list[Any]:
         """ray.get with the configured timeout; the first learner to die, hang or fail is named (its
         peers are then stuck in a collective: shut the group down)."""
-        return gather(refs, names or self.names, phase, self.timeout_s, LearnerError)
+        return gather(refs, names or self.labels, phase, self.timeout_s, LearnerError)
+
+    @property
+    def labels(self) -> list[str]:
+        """Each learner's name, node and process, as errors name it."""
+        return [label(name, where) for name, where in zip(self.names, self.where, strict=True)]

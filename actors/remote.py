@@ -4,7 +4,7 @@ names the actor and the phase (peers' users lose hours to silent 30-minute NCCL 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 WILDCARD_HOSTS = ("0.0.0.0", "::")
@@ -21,6 +21,23 @@ def reachable_host(host: str) -> str:
     return ray.util.get_node_ip_address()
 
 
+class Locatable:
+    """Mixed into every actor class: where its process runs, so errors name the node, and a fault
+    drill (or test) can kill that process from outside."""
+
+    def where(self) -> tuple[str, int]:
+        import os
+
+        import ray
+
+        return ray.util.get_node_ip_address(), os.getpid()
+
+
+def label(name: str, where: tuple[str, int]) -> str:
+    """How errors name an actor: `rollout-0 on 10.0.0.3 (pid 4242)`."""
+    return f"{name} on {where[0]} (pid {where[1]})"
+
+
 class ActorCallError(RuntimeError):
     """An actor died, hung past the deadline, or raised; the message names it and the phase."""
 
@@ -29,27 +46,49 @@ class ActorCallError(RuntimeError):
         self.actor, self.phase = actor, phase
 
 
+Retry = Callable[[int, "ActorCallError"], Any]
+
+
 def gather(refs: Sequence[Any], names: Sequence[str], phase: str, timeout_s: float,
-           error: type[ActorCallError] = ActorCallError) -> list[Any]:
-    """`ray.get` of `refs` (one per actor in `names`) within `timeout_s` seconds in all. Fails fast:
-    the first actor that dies or raises is named at once, without waiting for the others."""
+           error: type[ActorCallError] = ActorCallError, retry: Retry | None = None) -> list[Any]:
+    """`ray.get` of `refs` (one per actor in `names`), each within `timeout_s` seconds. Fails fast: the
+    first actor that dies or hangs is named at once, without waiting for the others.
+
+    `retry(i, err)`, when given, is called instead for call i whose actor died or hung (never for one
+    that raised: that error is the call's own and would come back): it replaces the actor and returns
+    the ref of call i re-submitted, whose wait starts afresh; the other calls' results are kept. It may
+    raise to give up."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    refs = list(refs)
-    index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
-    pending, deadline = list(refs), time.monotonic() + timeout_s
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+    deadlines = {ref: (i, time.monotonic() + timeout_s) for i, ref in enumerate(refs)}
+
+    def lost(ref: Any, err: ActorCallError) -> None:
+        i, _ = deadlines.pop(ref)
+        if retry is None:
+            raise err
+        deadlines[retry(i, err)] = (i, time.monotonic() + timeout_s)
+
+    while deadlines:
+        first = min(deadline for _, deadline in deadlines.values())
+        ready, _ = ray.wait(list(deadlines), num_returns=1, timeout=max(0.0, first - time.monotonic()))
         if not ready:
-            late = [names[index[r]] for r in pending]
-            raise error(f"{', '.join(late)}: no answer to {phase} within {timeout_s:.0f} s", late[0], phase)
-        name = names[index[ready[0]]]
+            late = [ref for ref, (_, deadline) in deadlines.items() if deadline <= time.monotonic()]
+            for ref in late:
+                name = names[deadlines[ref][0]]
+                lost(ref, error(f"{name}: no answer to {phase} within {timeout_s:.0f} s", name, phase))
+            continue
+        ref = ready[0]
+        name = names[deadlines[ref][0]]
         try:
-            results[index[ready[0]]] = ray.get(ready[0])
+            results[deadlines[ref][0]] = ray.get(ref)
         except RayActorError as exc:
-            raise error(f"{name} died during {phase}: {exc}", name, phase) from exc
+            err = error(f"{name} died during {phase}: {exc}", name, phase)
+            err.__cause__ = exc
+            lost(ref, err)
+            continue
         except RayTaskError as exc:
             raise error(f"{name} failed during {phase}: {exc}", name, phase) from exc
+        deadlines.pop(ref)
     return results

@@ -8,14 +8,14 @@ K and the deadline come from `cfg.cluster` (`reward_workers`, `call_timeout_s`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from actors.remote import ActorCallError, gather
+from actors.remote import ActorCallError, Locatable, Retry, gather, label
 from rewards import RewardConfig, score_batch
 
 
@@ -23,7 +23,7 @@ class RewardServiceError(ActorCallError):
     """A reward actor died, raised or missed the deadline; the message names it."""
 
 
-class RewardService:
+class RewardService(Locatable):
     """One scoring process (a Ray actor in `RewardPool`; a plain object works the same in tests)."""
 
     def __init__(self, name: str, config: RewardConfig):
@@ -54,6 +54,7 @@ class PendingRewards:
     refs: list[Any]
     names: list[str]
     size: int
+    parts: list[tuple[int, tuple[Any, ...]]]  # (actor index, score arguments) per ref: what a retry re-sends
 
 
 def split_bounds(size: int, parts: int) -> list[tuple[int, int]]:
@@ -100,8 +101,23 @@ class RewardPool:
         self.timeout_s = timeout_s
         self.names = [f"{name_prefix}-{i}" for i in range(num_actors)]
         actor = ray.remote(RewardService)
-        self.actors = [actor.options(name=name, num_cpus=num_cpus).remote(name, config) for name in self.names]
-        gather([a.ping.remote() for a in self.actors], self.names, "start", timeout_s, RewardServiceError)
+        self._start = lambda i: actor.options(name=self.names[i], num_cpus=num_cpus).remote(self.names[i], config)
+        self.actors = [self._start(i) for i in range(num_actors)]
+        self.where = gather([a.where.remote() for a in self.actors], self.names, "start", timeout_s, RewardServiceError)
+
+    @property
+    def labels(self) -> list[str]:
+        """Each actor's name, node and process, as errors name it."""
+        return [label(name, where) for name, where in zip(self.names, self.where, strict=True)]
+
+    def restart(self, index: int) -> None:
+        """Replace actor `index` (dead, hung or alive) by a fresh one of the same name."""
+        import ray
+
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self._start(index)
+        (self.where[index],) = gather([self.actors[index].where.remote()], self.names[index:index + 1], "start",
+                                      self.timeout_s, RewardServiceError)
 
     def submit(
         self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None
@@ -110,25 +126,33 @@ class RewardPool:
         if len(completions) != len(references):
             raise ValueError(f"{len(completions)} completions but {len(references)} references")
         lengths_arr = None if lengths is None else np.asarray(lengths)
-        refs, names = [], []
-        for k, (start, stop) in enumerate(split_bounds(len(completions), len(self.actors))):
-            chunk_lengths = None if lengths_arr is None else lengths_arr[start:stop]
-            call = self.actors[k].score.remote(
-                list(completions[start:stop]), list(references[start:stop]), chunk_lengths
-            )
-            refs.append(call)
-            names.append(self.names[k])
-        return PendingRewards(refs, names, len(completions))
+        parts = [(k, (list(completions[start:stop]), list(references[start:stop]),
+                      None if lengths_arr is None else lengths_arr[start:stop]))
+                 for k, (start, stop) in enumerate(split_bounds(len(completions), len(self.actors)))]
+        refs = [self.actors[k].score.remote(*args) for k, args in parts]
+        return PendingRewards(refs, [self.names[k] for k, _ in parts], len(completions), parts)
 
-    def gather(self, pending: PendingRewards) -> RewardBatch:
-        """Wait (at most `timeout_s`) for a submitted batch; results in the submitted order."""
-        parts = gather(pending.refs, pending.names, "score", self.timeout_s, RewardServiceError)
+    def gather(self, pending: PendingRewards,
+               recover: Callable[[int, ActorCallError], None] | None = None) -> RewardBatch:
+        """Wait (each part at most `timeout_s`) for a submitted batch; results in the submitted order.
+        `recover(k, err)`: called when actor k dies or hangs; it replaces the actor (`restart`) and that
+        actor's part is scored again. Without it, the error is raised."""
+        retry: Retry | None = None
+        if recover is not None:
+            def retry(j: int, err: ActorCallError) -> Any:
+                k, args = pending.parts[j]
+                recover(k, err)
+                return self.actors[k].score.remote(*args)
+
+        parts = gather(pending.refs, [self.labels[k] for k, _ in pending.parts], "score", self.timeout_s,
+                       RewardServiceError, retry)
         return merge(parts, pending.size)
 
     def score(
-        self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None
+        self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None,
+        recover: Callable[[int, ActorCallError], None] | None = None,
     ) -> RewardBatch:
-        return self.gather(self.submit(completions, references, lengths))
+        return self.gather(self.submit(completions, references, lengths), recover)
 
     def shutdown(self) -> None:
         import ray

@@ -15,12 +15,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actors.remote import ActorCallError, gather
+from actors.remote import ActorCallError, Locatable, Retry, gather, label
 from actors.weight_sync import EXTENSION as WEIGHT_RECEIVER
 from rl.config import ModelConfig, RolloutConfig
 from rl.data import DatasetError, GroundingRow, chat_messages, load_image
@@ -174,7 +174,7 @@ class PromptFitter:
                          f"(rollout.prompt_overflow={self.overflow})")
 
 
-class RolloutWorker:
+class RolloutWorker(Locatable):
     """Owns one vLLM engine (tensor-parallel inside it on accelerators); a Ray actor in the pool.
 
     A bad row (missing or unreadable image, prompt too long) fails that row with an error naming
@@ -329,27 +329,46 @@ class RolloutPool:
 
         self._start = start
         self.workers = [start(i) for i in range(len(self.names))]
-        self._call("start", [w.ping.remote() for w in self.workers])
+        self.where = self._call("start", [w.where.remote() for w in self.workers], self.names)
+
+    @property
+    def labels(self) -> list[str]:
+        """Each worker's name, node and process, as errors name it."""
+        return [label(name, where) for name, where in zip(self.names, self.where, strict=True)]
 
     def restart(self, index: int) -> None:
-        """Replace worker `index` (dead or alive) by a fresh one of the same name, holding the model's
-        initial weights (version 0): the caller syncs it to the current version."""
+        """Replace worker `index` (dead, hung or alive) by a fresh one of the same name, holding the
+        model's initial weights (version 0): the caller syncs it to the current version."""
         import ray
 
         ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self._start(index)
-        self._call("start", [self.workers[index].ping.remote()], [self.names[index]])
+        (self.where[index],) = self._call("start", [self.workers[index].where.remote()], [self.names[index]])
 
     def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False, max_tokens: int | None = None,
-                 seed: int | None = None) -> tuple[list[PromptResult], list[WorkerStats]]:
+                 seed: int | None = None, recover: Callable[[int, ActorCallError], None] | None = None,
+                 ) -> tuple[list[PromptResult], list[WorkerStats]]:
         """n samples for every row; results in the order of `rows`, one stats record per worker.
-        With `seed`, worker i samples with seed + i: the same (seed, rows) give the same samples."""
+        With `seed`, worker i samples with seed + i: the same (seed, rows) give the same samples.
+
+        `recover(i, err)`: called when worker i dies or hangs; it replaces the worker (`restart`) and
+        brings it to the current weights, and only worker i's share is generated again, by the same
+        seed: a fault changes timing, never samples. Without it, the error is raised."""
         chunks = balanced_chunks(len(rows), len(self.workers))
-        busy = [(i, w, name, idx) for i, (w, name, idx) in enumerate(zip(self.workers, self.names, chunks, strict=True))
-                if idx]
-        calls = [w.generate.remote([rows[j] for j in idx], idx, n, greedy, max_tokens,
-                                   None if seed is None else seed + i) for i, w, _, idx in busy]
-        outputs = self._call("generate", calls, [name for _, _, name, _ in busy])
+        busy = [i for i, idx in enumerate(chunks) if idx]
+
+        def submit(i: int) -> Any:
+            return self.workers[i].generate.remote([rows[j] for j in chunks[i]], chunks[i], n, greedy, max_tokens,
+                                                   None if seed is None else seed + i)
+
+        retry: Retry | None = None
+        if recover is not None:
+            def retry(k: int, err: ActorCallError) -> Any:
+                recover(busy[k], err)
+                return submit(busy[k])
+
+        outputs = gather([submit(i) for i in busy], [self.labels[i] for i in busy], "generate", self.timeout_s,
+                         RolloutWorkerError, retry)
         results = sorted((r for res, _ in outputs for r in res), key=lambda r: r.index)
         return results, [stats for _, stats in outputs]
 
@@ -367,7 +386,7 @@ class RolloutPool:
             ray.kill(worker)
 
     def _call(self, phase: str, refs: list[Any], names: Sequence[str] | None = None) -> list[Any]:
-        return gather(refs, names or self.names, phase, self.timeout_s, RolloutWorkerError)
+        return gather(refs, names or self.labels, phase, self.timeout_s, RolloutWorkerError)
 
 
 def balanced_chunks(count: int, parts: int) -> list[list[int]]:

@@ -325,6 +325,15 @@ class SyncStats:
         return self.bytes / self.seconds / 1e9
 
 
+@dataclass
+class EngineView:
+    """What `WeightSync` reads of a rollout pool: some of its engines."""
+
+    workers: list[Any]
+    labels: list[str]
+    tensor_parallel_size: int
+
+
 class WeightSync:
     """Driver side: joins one `WeightSource` actor and every engine of a `RolloutPool` into one sync
     group and runs versioned, checksum-verified syncs. Holds handles only."""
@@ -361,11 +370,11 @@ class WeightSync:
         receives = [w.receive_weights.remote(self.plan, version) for w in self.pool.workers]
         drains = [peer.drain_weights.remote() for _, peer in self.peers]
         sent, *received = self._wait("sync", [self.source.send_weights.remote(self.plan), *receives, *drains],
-                                     [self.source_name, *self.pool.names, *(n for n, _ in self.peers)])
+                                     [self.source_name, *self.pool.labels, *(n for n, _ in self.peers)])
         received = received[: len(self.pool.workers)]
         seconds = time.perf_counter() - start
         self.last_checksums = sent
-        for name, sums in zip(self.pool.names, received, strict=True):
+        for name, sums in zip(self.pool.labels, received, strict=True):
             wrong = sorted(n for n in sent if sums.get(n) != sent[n])
             if wrong or len(sums) != len(sent):
                 raise WeightSyncError(f"{name}: {len(wrong)} tensors differ from the source after sync "
@@ -373,6 +382,16 @@ class WeightSync:
         nbytes = sum(meta.nbytes for bucket in plan_from_wire(self.plan) for meta in bucket)
         return SyncStats(version, seconds, nbytes, len(self.pool.workers))
 
+    def catch_up(self, index: int, version: int) -> SyncStats:
+        """Bring the pool's replaced engine `index` to `version` over a group of its own (the source, its
+        peers and that engine), while the other engines keep working; the full group lost a member,
+        so the next `sync` rebuilds it."""
+        engine = EngineView([self.pool.workers[index]], [self.pool.labels[index]], self.pool.tensor_parallel_size)
+        stats = WeightSync(self.source, self.source_name, engine, self.bucket_mb, self.timeout_s, self.platform,
+                           self.host, self.peers).sync(version)
+        self.plan = None
+        return stats
+
     def _wait(self, phase: str, refs: list[Any], names: list[str] | None = None) -> list[Any]:
-        names = names or [self.source_name, *self.pool.names]
+        names = names or [self.source_name, *self.pool.labels]
         return gather(refs, names, f"weight sync {phase}", self.timeout_s, WeightSyncError)

@@ -83,6 +83,9 @@ class DataConfig(Section):
     split: Literal["train", "val", "test"] = "train"
     coord_frame: int = Field(default=1000, gt=0)  # boxes are in [0, coord_frame] (Qwen3-VL: 0-1000)
     on_error: Literal["raise", "skip"] = "raise"
+    # Folders besides `path` that image paths may resolve into (absolute paths allowed there); a row whose
+    # image resolves anywhere else (`..`, an absolute path, a symlink) is a bad row (docs/data.md).
+    image_roots: list[str] = Field(default_factory=list)
 
 
 class RolloutConfig(Section):
@@ -173,6 +176,26 @@ class CheckpointConfig(Section):
     resume: str = "auto"  # auto | never | path to a checkpoint
 
 
+class ReliabilityConfig(Section):
+    """What a fault may cost before the run stops (docs/reliability.md)."""
+
+    # A rollout or reward worker that dies or hangs is replaced and its lost work re-run; more than
+    # max_restarts replacements within restart_window_s end the run with a message naming the worker.
+    max_restarts: int = Field(default=5, ge=0)
+    restart_window_s: float = Field(default=3600, gt=0)
+    # An update whose rewards, advantages, loss or gradients hold a NaN/inf is skipped (warning, counter);
+    # this many skipped in a row stop the run.
+    max_nonfinite_steps: int = Field(default=3, ge=1)
+
+
+class ChaosConfig(Section):
+    """Fault injection for drills: SIGKILL a random rollout or reward worker every `kill_every` steps."""
+
+    kill_every: int = Field(default=0, ge=0)  # 0: off
+    targets: list[Literal["rollout", "reward"]] = Field(default_factory=lambda: ["rollout", "reward"], min_length=1)
+    seed: int = 0
+
+
 class EvaluationConfig(Section):
     """`python -m rl.evaluate` (and the final evaluation of `rl.sweep`): greedy answers on `data.split`."""
 
@@ -232,6 +255,8 @@ class Config(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
+    chaos: ChaosConfig = Field(default_factory=ChaosConfig)
 
     @field_validator("rewards", mode="before")
     @classmethod

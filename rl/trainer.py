@@ -22,13 +22,15 @@ import torch
 from actors.learner import LearnerGroup
 from actors.learner_batch import TrainSample
 from actors.placement import place
+from actors.remote import ActorCallError
 from actors.reward import RewardPool
 from actors.rollout import RolloutPool
-from actors.weight_sync import WeightSync
+from actors.weight_sync import SyncStats, WeightSync, WeightSyncError
 from rl import checkpoint
 from rl.config import Config
 from rl.data import GroundingRow, PromptOrder, load_split
 from rl.evaluate import evaluate_rows, evaluate_sampled
+from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
 from rl.grpo import dynamic_sampling_mask, group_advantages
 from rl.platform import get_platform
 
@@ -58,9 +60,9 @@ class GRPOTrainer:
         self.platform = get_platform(cfg.cluster.platform)
         root = Path(cfg.data.path)
         self.rows = load_split(root / f"{cfg.data.split}.jsonl", frame=cfg.data.coord_frame,
-                               on_error=cfg.data.on_error).rows
-        self.val_rows = load_split(root / "val.jsonl", frame=cfg.data.coord_frame,
-                                   on_error=cfg.data.on_error).rows[:EVAL_ROWS]
+                               on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
+        self.val_rows = load_split(root / "val.jsonl", frame=cfg.data.coord_frame, on_error=cfg.data.on_error,
+                                   image_roots=cfg.data.image_roots).rows[:EVAL_ROWS]
         self.order = PromptOrder(len(self.rows), cfg.seed)
         self.step, self.version = 0, 0
         timeout = cfg.cluster.call_timeout_s
@@ -73,12 +75,15 @@ class GRPOTrainer:
                                 name_prefix=f"rollout-{run}", placement=self.placement)
         self.rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout,
                                   name_prefix=f"reward-{run}")
-        self.sync = WeightSync(self.learners.actors[0], self.learners.names[0], self.pool, cfg.weight_sync.bucket_mb,
+        self.sync = WeightSync(self.learners.actors[0], self.learners.labels[0], self.pool, cfg.weight_sync.bucket_mb,
                                cfg.weight_sync.timeout_s, self.platform, host=cfg.cluster.host,
-                               peers=list(zip(self.learners.names[1:], self.learners.actors[1:], strict=True)))
+                               peers=list(zip(self.learners.labels[1:], self.learners.actors[1:], strict=True)))
+        self.restarts = RestartBudget(cfg.reliability)
+        self.nonfinite = NonFiniteGuard(cfg.reliability.max_nonfinite_steps)
+        self.chaos = Chaos(cfg.chaos)
         self._resume()
         # The engines start from model.path; after a resume the learners hold newer weights.
-        self.sync.sync(self.version)
+        self._sync(self.version)
         self.group_size = g.group_size
 
     # ------------------------------------------------------------------ the loop
@@ -92,7 +97,11 @@ class GRPOTrainer:
         log(_table("held-out before GRPO", before))
         bar = tqdm(total=self.cfg.grpo.num_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
         while self.step < self.cfg.grpo.num_steps:
-            metrics = self.train_step()
+            try:
+                metrics = self.train_step()
+            except (ActorCallError, RunStopped) as exc:
+                self._stop(exc)
+                raise
             self.step += 1
             for key, value in metrics.items():
                 writer.add_scalar(key, value, self.step)
@@ -123,16 +132,72 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        batch = self.collect(timings)
+        self._good = {"order": self.order.state(), "updated": False}  # what `_stop` saves if this step fails
+        self.chaos.start(self.step + 1, {"rollout": list(zip(self.pool.names, self.pool.workers, strict=True)),
+                                         "reward": list(zip(self.rewards.names, self.rewards.actors, strict=True))})
+        try:
+            batch = self.collect(timings)
+        finally:
+            self.chaos.finish()
         mark = time.perf_counter()
-        learner = self.learners.update(batch.samples) if batch.samples else {}
+        # A NaN/inf anywhere upstream of the weights skips the update (the learners check loss and
+        # gradients themselves, on every rank); several in a row stop the run.
+        skip = (nonfinite("rewards", batch.rewards.get("total", []))
+                or nonfinite("advantages", [s.advantage for s in batch.samples]))
+        learner = self.learners.update(batch.samples) if batch.samples and not skip else {}
+        if learner.get("skipped_nonfinite"):
+            skip = f"{learner['skipped_nonfinite']:.0f} optimizer steps with non-finite loss or gradients"
+        self.nonfinite.record(self.step + 1, skip)
         timings["update"] = time.perf_counter() - mark
         mark = time.perf_counter()
+        self._good["updated"] = True
         self.version += 1
-        sync = self.sync.sync(self.version)
+        sync = self._sync(self.version)
         timings["sync"] = time.perf_counter() - mark
         total = time.perf_counter() - start
         return self._metrics(batch, learner, timings, total, sync.gb_per_s)
+
+    # ------------------------------------------------------------------ faults
+
+    def _replace_rollout(self, index: int, error: ActorCallError) -> None:
+        """A rollout worker died or hung mid-call: a fresh one, at the current weights version (its
+        lost share is then generated again by the pool, with the same seed)."""
+        self.restarts.charge(self.pool.labels[index], error)
+        self.pool.restart(index)
+        self.sync.catch_up(index, self.version)
+
+    def _replace_reward(self, index: int, error: ActorCallError) -> None:
+        self.restarts.charge(self.rewards.labels[index], error)
+        self.rewards.restart(index)
+
+    def _sync(self, version: int) -> SyncStats:
+        """`WeightSync.sync`; an engine lost during it is replaced and every engine synced again."""
+        while True:
+            try:
+                return self.sync.sync(version)
+            except WeightSyncError as exc:
+                if exc.actor not in self.pool.labels:
+                    raise  # the learner side (or a checksum): nothing to replace
+                index = self.pool.labels.index(exc.actor)
+                self.restarts.charge(exc.actor, exc)
+                self.pool.restart(index)
+                self.sync.plan = None  # a fresh group with the replacement
+
+    def _stop(self, error: BaseException) -> None:
+        """A fault the run cannot absorb: save the last good step if the learners can still write it.
+        A step that failed before its update leaves the learners at the previous step (its prompts are
+        put back); one that failed after it counts as done."""
+        if self._good["updated"]:
+            self.step += 1
+        else:
+            self.order = PromptOrder(len(self.rows), self.cfg.seed, **self._good["order"])
+        try:
+            path = self.save()
+        except Exception as exc:  # noqa: BLE001 - reported next to the error that stops the run
+            print(f"stopping at step {self.step} without a new checkpoint ({exc}); the last complete one "
+                  f"stays usable: {checkpoint.resolve_resume(self.cfg.checkpoint.dir, 'auto')}", flush=True)
+            return
+        print(f"stopping after {error}; saved step {self.step} to {path}: resume=auto continues there", flush=True)
 
     # ------------------------------------------------------------------ one step's data
 
@@ -149,7 +214,7 @@ class GRPOTrainer:
             mark = time.perf_counter()
             # Seeded by (run seed, step, round): a resumed or restarted run samples exactly the same.
             seed = (self.cfg.rollout.seed * 1_000_003 + self.step * 101 + out.rounds) * 64
-            results, _ = self.pool.generate(rows, n=g.group_size, seed=seed)
+            results, _ = self.pool.generate(rows, n=g.group_size, seed=seed, recover=self._replace_rollout)
             timings["rollout"] += time.perf_counter() - mark
             stale = [r.index for r in results if not r.error and r.policy_version != self.version]
             if stale:  # on-policy: never train on samples of an older policy
@@ -162,8 +227,8 @@ class GRPOTrainer:
             samples = [s for r in ok for s in r.samples]
             mark = time.perf_counter()
             references = [rows[r.index].answer for r in ok for _ in r.samples]
-            scores = self.rewards.score([s.text for s in samples], references,
-                                        [len(s.response_ids) for s in samples]).values
+            scores = self.rewards.score([s.text for s in samples], references, [len(s.response_ids) for s in samples],
+                                        recover=self._replace_reward).values
             timings["reward"] += time.perf_counter() - mark
             total = torch.as_tensor(scores["total"], dtype=torch.float32)  # [n*G]
             advantages = group_advantages(total, g.group_size, g.adv_std)  # [n*G]
@@ -228,6 +293,8 @@ class GRPOTrainer:
                 "response/truncated_frac": batch.truncated / max(len(batch.samples), 1),
                 "policy/version": float(self.version), "policy/version_lag": 0.0,
                 "time/step": total, "time/sync_gb_per_s": sync_gbps,
+                "faults/restarts": float(self.restarts.total), "faults/nonfinite_skipped": float(self.nonfinite.total),
+                "faults/chaos_kills": float(len(self.chaos.kills)),
                 "throughput/response_tokens_per_s": batch.response_tokens / total}
         out |= {f"time/{k}": v for k, v in timings.items()}
         out |= {f"learner/{k}": v for k, v in learner.items()}
