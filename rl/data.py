@@ -1,7 +1,8 @@
 """Grounding data: a seeded synthetic generator and the JSONL loader that also reads user datasets.
 
-A row is one JSON object per line: {"image": path, "prompt": str, "answer": str}. Relative image paths
-are resolved against the JSONL file's folder. Answers name boxes in a relative frame (Qwen3-VL: 0-1000):
+A row is one JSON object per line: {"image": path, "prompt": str, "answer": str}. Image paths resolve
+against the JSONL file's folder and must stay inside it (or inside `data.image_roots`). Answers name
+boxes in a relative frame (Qwen3-VL: 0-1000):
 "Nodule <box>[[x1, y1, x2, y2], ...]</box> Mass <box>[[...]]</box>", or "No findings." for none.
 """
 
@@ -158,9 +159,22 @@ def _image_problem(path: Path, max_pixels: int, decode: bool) -> str | None:
     return None
 
 
-def _parse_row(text: str, folder: Path, frame: int, check_images: bool, max_pixels: int = MAX_IMAGE_PIXELS,
-               decode: bool = False) -> GroundingRow | str:
-    """The row, or the reason it is bad (source and line are filled in by the caller)."""
+def _path_problem(image: Path, written: str, roots: Sequence[Path]) -> str | None:
+    """Why the image path may not be read: it resolves (after `..` and symlinks) outside every allowed folder.
+    A dataset row must not make training read, feed to the model and log /etc/shadow or ~/.ssh/id_rsa."""
+    try:
+        resolved = image.resolve()
+    except (OSError, ValueError, RuntimeError) as e:  # NUL byte, symlink loop
+        return f"bad image path {written!r}: {e}"
+    if not any(resolved.is_relative_to(root) for root in roots):
+        return f"image path escapes the dataset folder: {written}"
+    return None
+
+
+def _parse_row(text: str, folder: Path, roots: Sequence[Path], frame: int, check_images: bool,
+               max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False) -> GroundingRow | str:
+    """The row, or the reason it is bad (source and line are filled in by the caller). `roots`: the
+    resolved folders its image may lie in (the dataset folder and `data.image_roots`)."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -182,26 +196,31 @@ def _parse_row(text: str, folder: Path, frame: int, check_images: bool, max_pixe
         for box in boxes:
             if reason := _box_problem(box, frame):
                 return f"{reason} (label {label!r})"
-    image = folder / obj["image"]  # an absolute "image" replaces folder
+    image = folder / obj["image"]  # an absolute "image" replaces folder; _path_problem then vets it
+    if reason := _path_problem(image, obj["image"], roots):
+        return reason
     if check_images and (reason := _image_problem(image, max_pixels, decode)):
         return reason
     return GroundingRow(image=image, prompt=obj["prompt"], answer=obj["answer"], source=Path(), line=0)
 
 
 def load_split(path: Path, *, frame: int = 1000, on_error: Literal["raise", "skip"] = "raise",
-               check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False) -> LoadedSplit:
+               check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False,
+               image_roots: Sequence[str | Path] = ()) -> LoadedSplit:
     """Read and validate a JSONL split. Bad rows raise DatasetError, or with on_error="skip" are counted.
-    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.data check` does)."""
+    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.data check` does).
+    `image_roots`: folders besides the file's own that image paths may resolve into (`data.image_roots`)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path)
+    roots = [Path(root).resolve() for root in (path.parent, *image_roots)]
     rows: list[GroundingRow] = []
     skipped: list[str] = []
     with path.open(encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark from Windows editors
         for number, text in enumerate(f, start=1):
             if not text.strip():
                 continue  # blank lines (e.g. a trailing newline) are not rows
-            result = _parse_row(text, path.parent, frame, check_images, max_pixels, decode)
+            result = _parse_row(text, path.parent, roots, frame, check_images, max_pixels, decode)
             if isinstance(result, GroundingRow):
                 rows.append(GroundingRow(result.image, result.prompt, result.answer, path, number))
             elif on_error == "raise":
@@ -419,11 +438,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("files", nargs="+", type=Path)
     check.add_argument("--frame", type=int, default=1000, help="coordinate frame of the boxes (data.coord_frame)")
     check.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, help="largest image, width x height")
+    check.add_argument("--image-root", action="append", default=[], type=Path, metavar="DIR",
+                       help="a folder image paths may point into besides the file's own (data.image_roots); "
+                            "repeatable")
     args = parser.parse_args(argv)
     rows = bad = 0
     for file in args.files:
         try:
-            loaded = load_split(file, frame=args.frame, on_error="skip", max_pixels=args.max_pixels, decode=True)
+            loaded = load_split(file, frame=args.frame, on_error="skip", max_pixels=args.max_pixels, decode=True,
+                                image_roots=args.image_root)
         except OSError as e:
             print(f"{file}: cannot read ({e.strerror or e})")
             bad += 1

@@ -99,7 +99,7 @@ def evaluate_split(cfg: Config, pool: Any) -> Evaluation:
     from rl.data import load_split
 
     rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.data.coord_frame,
-                      on_error=cfg.data.on_error).rows
+                      on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
     rows = rows[: cfg.evaluation.max_rows or None]
     texts, lengths = answer_rows(pool, rows)
     metrics = grounding_metrics(texts, [r.answer for r in rows], cfg.rewards, lengths, cfg.data.coord_frame)

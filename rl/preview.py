@@ -25,7 +25,7 @@ def run_preview(cfg: Config, split: str = "val", num_rows: int = PREVIEW_ROWS, e
     platform = get_platform(cfg.cluster.platform)
     apply_env(platform)
     rows = load_split(Path(cfg.data.path) / f"{split}.jsonl", frame=cfg.data.coord_frame,
-                      on_error=cfg.data.on_error).rows[:num_rows]
+                      on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows[:num_rows]
     engine = engine or build_engine(cfg.model, cfg.rollout, platform)
     outputs = engine.generate(engine_inputs(rows, engine.get_tokenizer()),
                               sampling_params(cfg.rollout, n=1, greedy=True), use_tqdm=False)

@@ -73,7 +73,8 @@ def load_sft_split(cfg: Config, split: str, processor: Any) -> SFTSplit:
     path = data_root(cfg) / f"{split}.jsonl"
     if not path.is_file():
         raise DatasetError(f"{path}: SFT split not found (sft.data_path or data.path must hold {split}.jsonl)")
-    loaded = load_split(path, frame=cfg.data.coord_frame, on_error=cfg.data.on_error)
+    loaded = load_split(path, frame=cfg.data.coord_frame, on_error=cfg.data.on_error,
+                        image_roots=cfg.data.image_roots)
     tokenizer = processor.tokenizer
     rows, lengths, prompt_lengths, skipped = [], [], [], list(loaded.skipped)
     for row in loaded.rows:

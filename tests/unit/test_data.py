@@ -206,6 +206,10 @@ BAD_ROWS = {
     "unparseable answer": ({**GOOD, "answer": "Mass [0, 0, 10, 10]"}, "bad answer"),
     "invalid json": ('{"image": "ok.png", ', "invalid JSON"),
     "not an object": ("[1, 2]", "not a JSON object"),
+    "image path with ..": ({**GOOD, "image": "../../etc/passwd"},
+                           "image path escapes the dataset folder: ../../etc/passwd"),
+    "absolute image path": ({**GOOD, "image": "/etc/passwd"}, "image path escapes the dataset folder: /etc/passwd"),
+    "NUL in image path": ({**GOOD, "image": "ok\u0000.png"}, "bad image path 'ok\\x00.png'"),
 }
 
 
@@ -237,17 +241,45 @@ def test_relative_images_resolve_against_the_jsonl_folder(tmp_path: Path, monkey
     folder = tmp_path / "deep/set"
     (folder / "img").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(folder / "img/a.png")
-    absolute = tmp_path / "abs.png"
+    (tmp_path / "shared").mkdir()
+    absolute = tmp_path / "shared/abs.png"
     Image.new("L", (8, 8), 200).save(absolute)
-    rows = [{**GOOD, "image": "img/a.png"}, {**GOOD, "image": str(absolute)}]
+    rows = [{**GOOD, "image": "img/a.png"}, {**GOOD, "image": "img/../img/a.png"}, {**GOOD, "image": str(absolute)},
+            {**GOOD, "image": "../../shared/abs.png"}]
     path = _write_rows(folder / "val.jsonl", rows)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    rows = load_split(path).rows
-    assert [r.image for r in rows] == [folder / "img/a.png", absolute]
-    grey = load_image(rows[1].image)
+    with pytest.raises(DatasetError, match="^" + re.escape(f"{path}:3: image path escapes the dataset folder: "
+                                                            f"{absolute}") + "$"):
+        load_split(path)
+    rows = load_split(path, image_roots=["../shared"]).rows  # a relative root resolves against the working folder
+    assert [r.image for r in rows] == [folder / "img/a.png", folder / "img/../img/a.png", absolute,
+                                       folder / "../../shared/abs.png"]
+    grey = load_image(rows[2].image)
     assert grey.mode == "RGB" and grey.getpixel((0, 0)) == (200, 200, 200)
+
+
+def test_symlinks_are_followed_before_the_folder_check(tmp_path: Path) -> None:
+    folder, shared = tmp_path / "set", tmp_path / "shared"
+    (shared / "dir").mkdir(parents=True)
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    Image.new("RGB", (8, 8)).save(shared / "dir/b.png")
+    Image.new("RGB", (8, 8)).save(folder / "ok.png")
+    (folder / "out.png").symlink_to(tmp_path / "secret.png")  # a link inside the folder to a file outside
+    (folder / "outdir").symlink_to(shared / "dir")  # a linked folder
+    (folder / "in.png").symlink_to(folder / "ok.png")  # a link that stays inside
+    path = _write_rows(folder / "s.jsonl", [{**GOOD, "image": name} for name in ("out.png", "outdir/b.png", "in.png")])
+    loaded = load_split(path, on_error="skip", check_images=False)  # the path check runs without image checks too
+    assert loaded.skipped == [f"{path}:1: image path escapes the dataset folder: out.png",
+                              f"{path}:2: image path escapes the dataset folder: outdir/b.png"]
+    assert [r.image for r in loaded.rows] == [folder / "in.png"]
+    assert [r.line for r in load_split(path, on_error="skip", image_roots=[shared]).rows] == [2, 3]
+    loop = folder / "loop.png"
+    loop.symlink_to(loop)
+    assert "bad image path 'loop.png'" in load_split(_write_rows(folder / "l.jsonl", [{**GOOD, "image": "loop.png"}]),
+                                                     on_error="skip").skipped[0]
 
 
 def test_check_images_off_and_load_image_errors(tmp_path: Path) -> None:
@@ -285,6 +317,28 @@ def test_check_command_lists_every_bad_row_and_exits_1(tmp_path: Path, capsys) -
     assert "missing key 'answer'" in lines[2] and "unreadable image" in lines[3] and "unreadable image" in lines[4]
     assert "bad answer" in lines[6]
     assert lines[-1] == "9 rows, 7 bad"
+
+
+def test_check_command_rejects_image_paths_outside_the_folder(tmp_path: Path, capsys) -> None:
+    from rl.data import main
+
+    folder, shared = tmp_path / "set", tmp_path / "shared"
+    folder.mkdir()
+    shared.mkdir()
+    for image in (folder / "ok.png", tmp_path / "secret.png", shared / "b.png"):
+        Image.new("RGB", (8, 8)).save(image)
+    (folder / "link.png").symlink_to(tmp_path / "secret.png")
+    path = _write_rows(folder / "set.jsonl", [
+        GOOD, {**GOOD, "image": "../secret.png"}, {**GOOD, "image": str(tmp_path / "secret.png")},
+        {**GOOD, "image": "link.png"}, {**GOOD, "image": str(shared / "b.png")}, {**GOOD, "image": "../shared/b.png"},
+    ])
+    escapes = [f"{path}:{n}: image path escapes the dataset folder: {image}"
+               for n, image in ((2, "../secret.png"), (3, tmp_path / "secret.png"), (4, "link.png"),
+                                (5, shared / "b.png"), (6, "../shared/b.png"))]
+    assert main(["check", str(path)]) == 1
+    assert capsys.readouterr().out.splitlines() == [*escapes, "6 rows, 5 bad"]
+    assert main(["check", str(path), "--image-root", str(shared)]) == 1  # absolute and relative paths into it pass
+    assert capsys.readouterr().out.splitlines() == [*escapes[:3], "6 rows, 3 bad"]
 
 
 def test_check_command_passes_a_clean_set(tmp_path: Path, capsys) -> None:

@@ -46,6 +46,11 @@ def _cfg(base: Config, **sft) -> Config:
     return base.model_copy(update={"sft": base.sft.model_copy(update=sft)})
 
 
+def _images_from(cfg: Config, folder: Path) -> Config:
+    """cfg with `folder` as a data.image_roots entry: the rows below name the synthetic set's images."""
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_roots": [str(folder)]})})
+
+
 def _write_split(folder: Path, name: str, rows: list[dict | str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
@@ -98,6 +103,9 @@ def test_bad_rows_are_named_with_line_numbers(tiny_config, synthetic_dir, proces
     bad_box = {**good, "answer": "Nodule <box>[[1, 2]]</box>"}
     folder = _write_split(tmp_path / "d", "train", [good, "{not json", bad_box])
     cfg = _cfg(tiny_config, data_path=str(folder))
+    with pytest.raises(DatasetError, match=r"train.jsonl:1: image path escapes the dataset folder: /"):
+        load_sft_split(cfg, "train", processor)
+    cfg = _images_from(cfg, synthetic_dir)
     with pytest.raises(DatasetError, match=r"train.jsonl:2: invalid JSON"):
         load_sft_split(cfg, "train", processor)
     skip = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_error": "skip"})})
@@ -112,7 +120,7 @@ def test_missing_image_is_named_and_long_rows_are_caught(tiny_config, synthetic_
         load_sft_split(_cfg(tiny_config, data_path=str(folder)), "train", processor)
     good["image"] = str(synthetic_dir / good["image"])
     folder = _write_split(tmp_path / "e", "train", [good])
-    short = _cfg(tiny_config, data_path=str(folder))
+    short = _images_from(_cfg(tiny_config, data_path=str(folder)), synthetic_dir)
     short = short.model_copy(update={"model": short.model.model_copy(update={"max_model_len": 40})})
     with pytest.raises(DatasetError, match=r"train.jsonl:1: \d+ tokens > model.max_model_len \(40\)"):
         load_sft_split(short, "train", processor)
