@@ -11,6 +11,7 @@ Ray), splits batches over them and gathers answers, naming the actor and the pha
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -29,15 +30,16 @@ from actors.learner_batch import (
     MicroBatch,
     PolicyLogprobs,
     TrainSample,
+    micro_batch_loss,
     micro_batches,
+    nonfinite_names,
     num_micro_batches,
-    pad_rows,
     shard_for_learners,
 )
 from actors.remote import ActorCallError, Locatable, gather, label, reachable_host
 from actors.weight_sync import TensorMeta, WeightSource
 from rl.config import Config
-from rl.grpo import grpo_loss, lr_factor, truncated_is_weights
+from rl.grpo import lr_factor
 from rl.platform import apply_env, get_platform
 
 __all__ = ["Learner", "LearnerError", "LearnerGroup", "PolicyLogprobs", "TrainSample"]
@@ -46,6 +48,8 @@ __all__ = ["Learner", "LearnerError", "LearnerGroup", "PolicyLogprobs", "TrainSa
 PROCESSOR_FILES = ("tokenizer*", "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
                    "chat_template*", "special_tokens_map.json", "vocab*", "merges.txt", "added_tokens.json")
 DS_TAG = "state"  # DeepSpeed checkpoint tag inside <checkpoint>/deepspeed
+
+logger = logging.getLogger(__name__)
 
 
 class Learner(WeightSource, Locatable):
@@ -199,6 +203,13 @@ class Learner(WeightSource, Locatable):
         self._all_reduce(t, "sum")
         return t.tolist()
 
+    def _ranks_where(self, flag: bool) -> list[int]:
+        """The ranks on which `flag` holds, known to every rank (one all-reduce)."""
+        t = torch.zeros(self.world_size, dtype=torch.float64)
+        t[self.rank] = float(flag)
+        self._all_reduce(t, "sum")
+        return [rank for rank, v in enumerate(t.tolist()) if v]
+
     def _batches(self, samples: Sequence[TrainSample], filler: TrainSample | None = None) -> list[MicroBatch]:
         """Collated micro-batches, padded to the same count on every rank (weight-0 passes reuse the
         first sample, or `filler` when this rank has none here)."""
@@ -252,54 +263,75 @@ class Learner(WeightSource, Locatable):
         bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
         minis = [self._batches(samples[bounds[k]:bounds[k + 1]], filler=samples[0]) for k in range(len(sizes))]
         self.engine.module.train()
-        metrics, grad_norms, steps = MetricSum(), [], 0
-        for _ in range(g.ppo_epochs):
-            for batches in minis:
-                grad_norms.append(self._step(batches, metrics))
-                steps += 1
-        out = metrics.reduce(self._all_reduce, steps)
+        metrics = MetricSum()
+        norms = [self._step(batches, metrics) for _ in range(g.ppo_epochs) for batches in minis]
+        grad_norms = [n for n in norms if n is not None]  # None: a step skipped for a NaN / inf
+        out = metrics.reduce(self._all_reduce, len(grad_norms))
         tokens, response_tokens = self._sum_over_ranks(
             sum(b.num_tokens for mb in minis for b in mb if b.weight),
             sum(sum(b.lengths) for mb in minis for b in mb if b.weight))
         seconds = time.perf_counter() - started
-        out |= {"grad_norm": sum(grad_norms) / max(len(grad_norms), 1), "lr": self.engine.get_lr()[0],
-                "optimizer_steps": float(steps), "tokens": tokens * g.ppo_epochs,
+        out |= {"grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
+                "lr": self.engine.get_lr()[0], "optimizer_steps": float(len(grad_norms)),
+                "skipped_nonfinite": float(norms.count(None)), "tokens": tokens * g.ppo_epochs,
                 "response_tokens": response_tokens * g.ppo_epochs, "seconds": seconds,
                 "tokens_per_s": tokens * g.ppo_epochs / seconds, "use_tis": float(use_tis)}
         return out
 
-    def _step(self, batches: list[MicroBatch], metrics: MetricSum) -> float:
-        """One optimizer step over one mini-batch (its micro-batches accumulated)."""
-        g = self.cfg.grpo
+    def _step(self, batches: list[MicroBatch], metrics: MetricSum) -> float | None:
+        """One optimizer step over one mini-batch (its micro-batches accumulated): the gradient norm, or
+        None when a NaN / inf in a loss (any rank, any micro-batch) or in the gradients skipped it.
+
+        Skips take DeepSpeed's own overflow path: given a NaN / inf global gradient norm, the ZeRO
+        optimizer's step() drops the accumulated gradients without touching weights or Adam state, and
+        the engine counts a skipped step (no lr-schedule step, was_step_applied() False). All ranks learn
+        of a non-finite loss before its backward and then backpropagate NaN at the boundary to get there
+        (dropping earlier micro-batches' partial sums by hand would reach into each ZeRO stage's buffers)."""
         # Denominators of the whole global mini-batch, so that summing micro-batch losses over
         # accumulation steps and ranks gives exactly the loss of the whole mini-batch.
         tokens, seqs = self._sum_over_ranks(sum(sum(b.lengths) for b in batches if b.weight),
                                             sum(len(b.lengths) for b in batches if b.weight))
         if not seqs:  # an empty global mini-batch (fewer samples than mini-batches): no step at all
             return float("nan")
+        step = self.engine.global_steps + 1  # DeepSpeed's count of optimizer steps, skipped ones included
+        kept: list[tuple[dict[str, Any], float]] = []  # the stats go into `metrics` only if the step applies
         for i, batch in enumerate(batches):
-            self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
             logp_flat, entropy = self.engine(batch.inputs, batch.positions, batch.targets, with_entropy=True)
-            width = batch.mask.shape[1]
-            logp = pad_rows(logp_flat, batch.lengths, width)
-            old = batch.old_logprobs if batch.old_logprobs is not None else logp.detach()
-            is_weights = None
-            if batch.sampling_logprobs is not None:
-                is_weights = truncated_is_weights(old, batch.sampling_logprobs, g.tis_cap)
-            loss, stats = grpo_loss(
-                logp, old, batch.advantages, batch.mask, clip_low=g.clip_low, clip_high=g.clip_high,
-                dual_clip=g.dual_clip, loss_agg=g.loss_agg, ref_logprobs=batch.ref_logprobs, kl_coef=g.kl_coef,
-                kl_estimator=g.kl_estimator, is_weights=is_weights, num_tokens=tokens, num_seqs=seqs,
-                max_len=self.cfg.rollout.max_tokens,
-            )
+            loss, stats = micro_batch_loss(batch, logp_flat, entropy, self.cfg.grpo, self.cfg.rollout.max_tokens,
+                                           tokens, seqs)
+            bad = self._ranks_where(not bool(torch.isfinite(loss)))
+            self.engine.set_gradient_accumulation_boundary(bool(bad) or i == len(batches) - 1)
+            if bad:  # on every rank: NaN gradients make step() skip (see above)
+                self.engine.backward(logp_flat.sum() * math.nan, scale_wrt_gas=False)
+                break
             # DeepSpeed averages gradients over ranks; the loss is already normalised by global counts.
             self.engine.backward(loss * (self.world_size * batch.weight), scale_wrt_gas=False)
-            stats["entropy"] = entropy.mean() if entropy is not None and entropy.numel() else 0.0
-            n = float(batch.mask.sum()) * batch.weight
-            metrics.add({k: (v if batch.weight else 0.0) for k, v in stats.items()}, n)
+            kept.append(({k: (v if batch.weight else 0.0) for k, v in stats.items()},
+                         float(batch.mask.sum()) * batch.weight))
         self.engine.step()
+        if not self.engine.was_step_applied():
+            if self.rank == 0:
+                where = f"loss in micro-batch {i + 1} of {len(batches)} on rank(s) {bad}" if bad else "gradients"
+                logger.warning("learner rank 0: optimizer step %d skipped on every rank: non-finite %s",
+                               step, where)
+            return None
         norm = self.engine.get_global_grad_norm()
+        self._check_finite(step, norm)
+        for stats, n in kept:
+            metrics.add(stats, n)
         return float(norm) if norm is not None else float("nan")
+
+    def _check_finite(self, step: int, grad_norm: Any) -> None:
+        """After an applied step: the gradient norm was finite and every rank's own weight partitions are
+        (no gathering). Never fails while DeepSpeed skips non-finite steps as `_step` relies on."""
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            raise FloatingPointError(f"learner rank {self.rank}: DeepSpeed applied optimizer step {step} with "
+                                     f"gradient norm {float(grad_norm)} instead of skipping it")
+        local = nonfinite_names((n, getattr(p, "ds_tensor", p)) for n, p in self.policy.named_parameters())
+        ranks = self._ranks_where(bool(local))
+        if ranks:
+            raise FloatingPointError(f"learner rank {self.rank}: optimizer step {step} left NaN/inf weights on "
+                                     f"rank(s) {ranks} (here: {local[:5] or 'none'}); resume from a checkpoint")
 
     def _fill(self, samples: list[TrainSample], field: str, reference: bool) -> None:
         # Collective: a rank that has nothing missing still runs the passes other ranks need.

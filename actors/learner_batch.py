@@ -1,6 +1,6 @@
 """What the learner eats and how it computes log-probs: `TrainSample`, the multimodal collation into
 model inputs, the module DeepSpeed wraps (`PolicyLogprobs`), the split of a global batch over
-learners / mini-batches / micro-batches, and metric reduction across ranks.
+learners / mini-batches / micro-batches, metric reduction across ranks and the finite-weights check.
 
 Kept apart from actors/learner.py so the Ray/DeepSpeed wrapper stays short; nothing here starts a
 process group or an engine (the reduction takes the process group's all_reduce as an argument).
@@ -9,7 +9,7 @@ process group or an engine (the reduction takes the process group's all_reduce a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rl.config import GRPOConfig
 from rl.data import load_image
-from rl.grpo import token_logprobs
+from rl.grpo import grpo_loss, token_logprobs, truncated_is_weights
 
 
 @dataclass
@@ -91,6 +92,24 @@ class PolicyLogprobs(nn.Module):
         hidden = self.policy.model(**inputs, use_cache=False).last_hidden_state  # [b, S, H]
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [M, H]
         return token_logprobs(hidden, targets, self.policy.lm_head, self.temperature, self.chunk_size, with_entropy)
+
+
+def micro_batch_loss(batch: MicroBatch, logp_flat: Tensor, entropy: Tensor | None, g: GRPOConfig, max_len: int,
+                     num_tokens: float, num_seqs: float) -> tuple[Tensor, dict[str, Any]]:
+    """GRPO loss of one micro-batch from its flat log-probs (`PolicyLogprobs`), normalised by the whole
+    global mini-batch's token / sequence counts, and its stats (with the mean `entropy`)."""
+    logp = pad_rows(logp_flat, batch.lengths, batch.mask.shape[1])
+    old = batch.old_logprobs if batch.old_logprobs is not None else logp.detach()
+    is_weights = None
+    if batch.sampling_logprobs is not None:
+        is_weights = truncated_is_weights(old, batch.sampling_logprobs, g.tis_cap)
+    loss, stats = grpo_loss(
+        logp, old, batch.advantages, batch.mask, clip_low=g.clip_low, clip_high=g.clip_high, dual_clip=g.dual_clip,
+        loss_agg=g.loss_agg, ref_logprobs=batch.ref_logprobs, kl_coef=g.kl_coef, kl_estimator=g.kl_estimator,
+        is_weights=is_weights, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len,
+    )
+    stats["entropy"] = entropy.mean() if entropy is not None and entropy.numel() else 0.0
+    return loss, stats
 
 
 def pad_rows(flat: Tensor, lengths: list[int], width: int) -> Tensor:  # [M] -> [b, width], zero-padded
@@ -260,3 +279,8 @@ class MetricSum:
         out |= {k: float(sums[len(w_keys) + i]) / max(steps, 1) for i, k in enumerate(s_keys)}
         out |= {k: float(maxes[i]) * (-1 if k.endswith("_min") else 1) for i, k in enumerate(m_keys)}
         return out
+
+
+def nonfinite_names(named: Iterable[tuple[str, Tensor]]) -> list[str]:
+    """Names of the tensors that hold a NaN or an inf (the learner runs it on its weight partitions)."""
+    return [name for name, t in named if not bool(torch.isfinite(t).all())]
