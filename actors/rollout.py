@@ -310,8 +310,10 @@ class RolloutPool:
     Plain class held by the driver (a single controller): it owns handles only, no model."""
 
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, platform: str = "auto",
-                 timeout_s: float = 600.0, name_prefix: str = "rollout", placement: Any = None):
-        """`placement`: an `actors.placement.Placement` whose engine bundles pin the workers."""
+                 timeout_s: float = 600.0, name_prefix: str = "rollout", placement: Any = None,
+                 start_timeout_s: float | None = None):
+        """`placement`: an `actors.placement.Placement` whose engine bundles pin the workers.
+        `start_timeout_s` (default `timeout_s`): for an engine to load its model, at start and restart."""
         import ray
 
         resolved = get_platform(platform)
@@ -319,6 +321,7 @@ class RolloutPool:
         options = dict(num_cpus=1, num_gpus=rollout.tensor_parallel_size if resolved.has_accelerator else 0,
                        runtime_env={"env_vars": env})
         self.timeout_s, self.tensor_parallel_size = timeout_s, rollout.tensor_parallel_size
+        self.start_timeout_s = start_timeout_s or timeout_s
         self.names = [f"{name_prefix}-{i}" for i in range(rollout.num_workers)]
         actor = ray.remote(RolloutWorker)
 
@@ -329,7 +332,7 @@ class RolloutPool:
 
         self._start = start
         self.workers = [start(i) for i in range(len(self.names))]
-        self.where = self._call("start", [w.where.remote() for w in self.workers], self.names)
+        self.where = self._start_call(self.workers, self.names)
 
     @property
     def labels(self) -> list[str]:
@@ -343,7 +346,7 @@ class RolloutPool:
 
         ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self._start(index)
-        (self.where[index],) = self._call("start", [self.workers[index].where.remote()], [self.names[index]])
+        (self.where[index],) = self._start_call([self.workers[index]], [self.names[index]])
 
     def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False, max_tokens: int | None = None,
                  seed: int | None = None, recover: Callable[[int, ActorCallError], None] | None = None,
@@ -384,6 +387,9 @@ class RolloutPool:
 
         for worker in self.workers:
             ray.kill(worker)
+
+    def _start_call(self, workers: list[Any], names: list[str]) -> list[tuple[str, int]]:
+        return gather([w.where.remote() for w in workers], names, "start", self.start_timeout_s, RolloutWorkerError)
 
     def _call(self, phase: str, refs: list[Any], names: Sequence[str] | None = None) -> list[Any]:
         return gather(refs, names or self.labels, phase, self.timeout_s, RolloutWorkerError)

@@ -369,8 +369,18 @@ class WeightSync:
         start = time.perf_counter()
         receives = [w.receive_weights.remote(self.plan, version) for w in self.pool.workers]
         drains = [peer.drain_weights.remote() for _, peer in self.peers]
-        sent, *received = self._wait("sync", [self.source.send_weights.remote(self.plan), *receives, *drains],
-                                     [self.source_name, *self.pool.labels, *(n for n, _ in self.peers)])
+        refs = [self.source.send_weights.remote(self.plan), *receives, *drains]
+        try:
+            sent, *received = self._wait("sync", refs, [self.source_name, *self.pool.labels,
+                                                        *(n for n, _ in self.peers)])
+        except WeightSyncError:
+            # The others may still wait on the broken group (until their timeout): let them fail first,
+            # or a new group's rendezvous would queue behind those calls and time out in turn.
+            import ray
+
+            ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+            self.plan = None  # the group is broken: the next sync builds a fresh one
+            raise
         received = received[: len(self.pool.workers)]
         seconds = time.perf_counter() - start
         self.last_checksums = sent

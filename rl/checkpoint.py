@@ -20,10 +20,16 @@ from typing import Any
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 PREFIX = "step-"
+TMP_SUFFIX = ".tmp"  # `.step-000006.tmp`: a checkpoint being written (or left by a crash mid-write)
 
 
 def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"{PREFIX}{step:06d}"
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written (disk full, unwritable folder): the message names the path;
+    the checkpoints written before are untouched."""
 
 
 def save(root: str | Path, step: int, write_model: Callable[[Path], Any], state: dict[str, Any],
@@ -31,15 +37,23 @@ def save(root: str | Path, step: int, write_model: Callable[[Path], Any], state:
     """Write checkpoint `step`: `write_model(dir)` writes the weights (the learners' save), then the
     trainer state, then the manifest; rename into place; keep the newest `keep_last`."""
     final = step_dir(root, step)
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_model(tmp / "model")
-    (tmp / STATE).write_text(json.dumps(state, indent=1))
-    (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    tmp = final.with_name(f".{final.name}{TMP_SUFFIX}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_model(tmp / "model")
+        (tmp / STATE).write_text(json.dumps(state, indent=1))
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees what the partial write took
+        where = exc.filename or tmp
+        previous = complete(root)
+        raise CheckpointError(f"could not write checkpoint step {step}: {exc.strerror or exc} ({where}); "
+                              f"the last complete checkpoint is {previous[-1] if previous else 'none'}, untouched"
+                              ) from exc
     for old in complete(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -50,6 +64,8 @@ def complete(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
+    for partial in sorted(root.glob(f".{PREFIX}*{TMP_SUFFIX}")):
+        warnings.warn(f"ignoring incomplete checkpoint {partial} (a write that never finished)", stacklevel=2)
     found = []
     for path in sorted(root.glob(f"{PREFIX}*")):
         if path.is_dir() and verify(path):

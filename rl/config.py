@@ -155,6 +155,7 @@ class ClusterConfig(Section):
     num_cpus: int | None = None  # local Ray only
     reward_workers: int = Field(default=1, ge=1)
     call_timeout_s: float = Field(default=600, gt=0)  # every remote call; names actor and phase on expiry
+    start_timeout_s: float = Field(default=1800, gt=0)  # an actor's start-up: an engine loading its model
     # The cluster this config is written for, checked against what Ray reports before any actor starts.
     # null: take whatever Ray has (a laptop, CI); set them for a real deployment so a missing node or a
     # wrong GPU is an error naming it, not a hang in a placement group.

@@ -84,16 +84,23 @@ class Chaos:
         self.kills: list[tuple[int, str]] = []  # (step, victim name): what the drill did, for the report
         self._timer: threading.Timer | None = None
 
-    def start(self, step: int, workers: dict[str, list[tuple[str, Any]]]) -> None:
-        """At the start of step `step` (1-based): maybe schedule a kill among `workers` (target ->
-        [(name, handle)])."""
+    def pick(self, step: int, workers: dict[str, list[tuple[str, Any]]]) -> tuple[str, Any, float] | None:
+        """The kill of step `step` (1-based), if any: (victim name, handle, delay in s), drawn from
+        (seed, step) among `workers` (target -> [(name, handle)])."""
         if not self.cfg.kill_every or step % self.cfg.kill_every:
-            return
+            return None
         rng = np.random.default_rng([self.cfg.seed, step])
         target = self.cfg.targets[int(rng.integers(len(self.cfg.targets)))]
         name, handle = workers[target][int(rng.integers(len(workers[target])))]
-        self._timer = threading.Timer(float(rng.uniform(0.0, 1.0)), self._kill, (step, name, handle))
-        self._timer.start()
+        return name, handle, float(rng.uniform(0.0, 1.0))
+
+    def start(self, step: int, workers: dict[str, list[tuple[str, Any]]]) -> None:
+        """At the start of step `step`: schedule its kill, if any."""
+        kill = self.pick(step, workers)
+        if kill is not None:
+            name, handle, delay = kill
+            self._timer = threading.Timer(delay, self._kill, (step, name, handle))
+            self._timer.start()
 
     def finish(self) -> None:
         """End of the step's data phase: the scheduled kill has landed (the next calls find it)."""

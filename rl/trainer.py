@@ -52,6 +52,7 @@ class Collected:
     rounds: int = 0
     response_tokens: int = 0
     truncated: int = 0  # responses cut at rollout.max_tokens
+    nonfinite: str | None = None  # why the step must not update: a NaN/inf among the rewards
 
 
 class GRPOTrainer:
@@ -72,7 +73,8 @@ class GRPOTrainer:
         self.placement = place(cfg, self.platform, timeout, name=f"grpo-{run}")
         self.learners = LearnerGroup(cfg, name_prefix=f"learner-{run}", placement=self.placement)
         self.pool = RolloutPool(cfg.model, cfg.rollout, self.platform.name, timeout_s=timeout,
-                                name_prefix=f"rollout-{run}", placement=self.placement)
+                                name_prefix=f"rollout-{run}", placement=self.placement,
+                                start_timeout_s=cfg.cluster.start_timeout_s)
         self.rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout,
                                   name_prefix=f"reward-{run}")
         self.sync = WeightSync(self.learners.actors[0], self.learners.labels[0], self.pool, cfg.weight_sync.bucket_mb,
@@ -142,8 +144,7 @@ class GRPOTrainer:
         mark = time.perf_counter()
         # A NaN/inf anywhere upstream of the weights skips the update (the learners check loss and
         # gradients themselves, on every rank); several in a row stop the run.
-        skip = (nonfinite("rewards", batch.rewards.get("total", []))
-                or nonfinite("advantages", [s.advantage for s in batch.samples]))
+        skip = batch.nonfinite or nonfinite("advantages", [s.advantage for s in batch.samples])
         learner = self.learners.update(batch.samples) if batch.samples and not skip else {}
         if learner.get("skipped_nonfinite"):
             skip = f"{learner['skipped_nonfinite']:.0f} optimizer steps with non-finite loss or gradients"
@@ -180,8 +181,7 @@ class GRPOTrainer:
                     raise  # the learner side (or a checksum): nothing to replace
                 index = self.pool.labels.index(exc.actor)
                 self.restarts.charge(exc.actor, exc)
-                self.pool.restart(index)
-                self.sync.plan = None  # a fresh group with the replacement
+                self.pool.restart(index)  # the next sync builds a fresh group with the replacement
 
     def _stop(self, error: BaseException) -> None:
         """A fault the run cannot absorb: save the last good step if the learners can still write it.
@@ -230,6 +230,7 @@ class GRPOTrainer:
             scores = self.rewards.score([s.text for s in samples], references, [len(s.response_ids) for s in samples],
                                         recover=self._replace_reward).values
             timings["reward"] += time.perf_counter() - mark
+            out.nonfinite = out.nonfinite or nonfinite("rewards", scores["total"])
             total = torch.as_tensor(scores["total"], dtype=torch.float32)  # [n*G]
             advantages = group_advantages(total, g.group_size, g.adv_std)  # [n*G]
             keep = (dynamic_sampling_mask(total, g.group_size)[0] if g.dynamic_sampling

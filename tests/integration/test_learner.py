@@ -199,7 +199,8 @@ def test_bad_sample_is_named_with_actor_and_phase(group, samples, tiny_model_dir
     n = prompt.count(image_token)
     prompt.remove(image_token)  # one image token fewer than the image's features
     bad = TrainSample(prompt, samples[0].response_ids, samples[0].image, advantage=1.0)
-    expected = rf"(?s)learner1-0 failed during update: .*ValueError: sample 0 .* {n - 1} image tokens .* {n} image feat"
+    expected = (rf"(?s)learner1-0 on \S+ \(pid \d+\) failed during update: .*ValueError: sample 0 .* {n - 1} "
+                rf"image tokens .* {n} image feat")
     with pytest.raises(LearnerError, match=expected):
         group.update([bad])
 

@@ -122,8 +122,9 @@ def test_state_dict_load_equals_path_load(pool, rows, other_checkpoint, tiny_mod
 def test_a_dead_worker_is_named_and_can_be_replaced(pool, rows, ray_cluster):
     before = _greedy(pool, rows)
     ray_cluster.kill(pool.workers[1])
-    with pytest.raises(RolloutWorkerError, match="rollout-1 died during generate") as err:
+    # Named with its node and process: which machine's logs to read.
+    with pytest.raises(RolloutWorkerError, match=r"rollout-1 on \S+ \(pid \d+\) died during generate") as err:
         pool.generate(rows, n=1)
-    assert (err.value.actor, err.value.phase) == ("rollout-1", "generate")
+    assert (err.value.actor, err.value.phase) == (pool.labels[1], "generate")
     pool.restart(1)
     assert _greedy(pool, rows) == before

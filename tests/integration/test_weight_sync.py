@@ -73,9 +73,9 @@ def test_a_dead_receiver_is_named_and_the_source_syncs_again_after_a_restart(ray
                       platform=get_platform("cpu"))
     sync.connect()
     ray_cluster.kill(rollout_pool.workers[0])
-    with pytest.raises(WeightSyncError, match="rollout-0 died during weight sync sync") as err:
+    with pytest.raises(WeightSyncError, match=r"rollout-0 on \S+ \(pid \d+\) died during weight sync sync") as err:
         sync.sync(version=10)
-    assert err.value.actor == "rollout-0"
+    assert err.value.actor == rollout_pool.labels[0]
     rollout_pool.restart(0)
     sync.connect()  # a fresh group with the replacement; the source is unchanged
     assert sync.sync(version=11).version == 11

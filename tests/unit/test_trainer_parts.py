@@ -43,6 +43,43 @@ def test_a_half_written_checkpoint_is_ignored_and_named(tmp_path):
         checkpoint.resolve_resume(tmp_path, str(broken))
 
 
+def test_a_write_killed_midway_leaves_a_temporary_folder_that_is_ignored_and_named(tmp_path):
+    checkpoint.save(tmp_path, 1, _write_model, {"step": 1}, keep_last=3)
+    partial = tmp_path / ".step-000002.tmp"  # what a driver killed mid-write leaves
+    _write_model(partial / "model")
+    with pytest.warns(UserWarning, match=r"ignoring incomplete checkpoint .*\.step-000002\.tmp"):
+        assert checkpoint.resolve_resume(tmp_path, "auto") == checkpoint.step_dir(tmp_path, 1)
+    checkpoint.save(tmp_path, 2, _write_model, {"step": 2}, keep_last=3)  # the next write of step 2 replaces it
+    assert not partial.exists() and checkpoint.load_state(checkpoint.step_dir(tmp_path, 2)) == {"step": 2}
+
+
+def test_a_full_disk_stops_the_write_naming_the_path_and_keeps_the_previous_checkpoint(tmp_path):
+    """ENOSPC cannot be caused portably without root (a tiny tmpfs): this one is raised by the writer,
+    the faked part being the disk; what follows (cleanup, message, the previous checkpoint) is real."""
+    import errno
+
+    checkpoint.save(tmp_path, 1, _write_model, {"step": 1}, keep_last=3)
+    before = {p: p.read_bytes() for p in (tmp_path / "step-000001").rglob("*") if p.is_file()}
+
+    def full_disk(path):
+        _write_model(path)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path / "model.safetensors"))
+
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 2: No space left on device \(.*step-000002\.tmp/model/"
+                       r"model\.safetensors\); the last complete checkpoint is .*step-000001, untouched"):
+        checkpoint.save(tmp_path, 2, full_disk, {"step": 2}, keep_last=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000001"]  # the partial write is gone
+    assert {p: p.read_bytes() for p in (tmp_path / "step-000001").rglob("*") if p.is_file()} == before
+    assert checkpoint.verify(tmp_path / "step-000001", deep=True)
+
+
+def test_an_unwritable_checkpoint_folder_is_named(tmp_path):
+    (tmp_path / "taken").write_text("a file where the checkpoint folder should be")
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 1: Not a directory \(.*taken/\.step-000001\.tmp\); "
+                       "the last complete checkpoint is none"):
+        checkpoint.save(tmp_path / "taken", 1, _write_model, {"step": 1}, keep_last=1)
+
+
 def test_prompt_order_is_seeded_covers_each_epoch_and_resumes_exactly():
     order = PromptOrder(5, seed=3)
     first = order.take(3) + order.take(3)  # crosses into epoch 1
