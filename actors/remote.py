@@ -57,7 +57,7 @@ def gather(refs: Sequence[Any], names: Sequence[str], phase: str, timeout_s: flo
     `retry(i, err)`, when given, is called instead for call i whose actor died or hung (never for one
     that raised: that error is the call's own and would come back): it replaces the actor and returns
     the ref of call i re-submitted, whose wait starts afresh; the other calls' results are kept. It may
-    raise to give up."""
+    raise to give up, and may update `names[i]` to name the replacement."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 

@@ -137,15 +137,16 @@ class RewardPool:
         """Wait (each part at most `timeout_s`) for a submitted batch; results in the submitted order.
         `recover(k, err)`: called when actor k dies or hangs; it replaces the actor (`restart`) and that
         actor's part is scored again. Without it, the error is raised."""
+        labels = [self.labels[k] for k, _ in pending.parts]
         retry: Retry | None = None
         if recover is not None:
             def retry(j: int, err: ActorCallError) -> Any:
                 k, args = pending.parts[j]
                 recover(k, err)
+                labels[j] = self.labels[k]  # errors name the replacement from now on
                 return self.actors[k].score.remote(*args)
 
-        parts = gather(pending.refs, [self.labels[k] for k, _ in pending.parts], "score", self.timeout_s,
-                       RewardServiceError, retry)
+        parts = gather(pending.refs, labels, "score", self.timeout_s, RewardServiceError, retry)
         return merge(parts, pending.size)
 
     def score(

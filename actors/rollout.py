@@ -364,14 +364,15 @@ class RolloutPool:
             return self.workers[i].generate.remote([rows[j] for j in chunks[i]], chunks[i], n, greedy, max_tokens,
                                                    None if seed is None else seed + i)
 
+        labels = [self.labels[i] for i in busy]
         retry: Retry | None = None
         if recover is not None:
             def retry(k: int, err: ActorCallError) -> Any:
                 recover(busy[k], err)
+                labels[k] = self.labels[busy[k]]  # errors name the replacement from now on
                 return submit(busy[k])
 
-        outputs = gather([submit(i) for i in busy], [self.labels[i] for i in busy], "generate", self.timeout_s,
-                         RolloutWorkerError, retry)
+        outputs = gather([submit(i) for i in busy], labels, "generate", self.timeout_s, RolloutWorkerError, retry)
         results = sorted((r for res, _ in outputs for r in res), key=lambda r: r.index)
         return results, [stats for _, stats in outputs]
 

@@ -83,6 +83,7 @@ class GRPOTrainer:
         self.restarts = RestartBudget(cfg.reliability)
         self.nonfinite = NonFiniteGuard(cfg.reliability.max_nonfinite_steps)
         self.chaos = Chaos(cfg.chaos)
+        self.recovery_s = 0.0  # spent replacing workers this step (time/recovery)
         self._resume()
         # The engines start from model.path; after a resume the learners hold newer weights.
         self._sync(self.version)
@@ -156,6 +157,7 @@ class GRPOTrainer:
         sync = self._sync(self.version)
         timings["sync"] = time.perf_counter() - mark
         total = time.perf_counter() - start
+        timings["recovery"], self.recovery_s = self.recovery_s, 0.0
         return self._metrics(batch, learner, timings, total, sync.gb_per_s)
 
     # ------------------------------------------------------------------ faults
@@ -163,13 +165,22 @@ class GRPOTrainer:
     def _replace_rollout(self, index: int, error: ActorCallError) -> None:
         """A rollout worker died or hung mid-call: a fresh one, at the current weights version (its
         lost share is then generated again by the pool, with the same seed)."""
-        self.restarts.charge(self.pool.labels[index], error)
+        start, lost = time.perf_counter(), self.pool.labels[index]
+        self.restarts.charge(lost, error)
         self.pool.restart(index)
         self.sync.catch_up(index, self.version)
+        self._replaced(lost, self.pool.labels[index], start)
 
     def _replace_reward(self, index: int, error: ActorCallError) -> None:
-        self.restarts.charge(self.rewards.labels[index], error)
+        start, lost = time.perf_counter(), self.rewards.labels[index]
+        self.restarts.charge(lost, error)
         self.rewards.restart(index)
+        self._replaced(lost, self.rewards.labels[index], start)
+
+    def _replaced(self, lost: str, new: str, start: float) -> None:
+        seconds = time.perf_counter() - start
+        self.recovery_s += seconds
+        print(f"step {self.step + 1}: {lost} replaced by {new} in {seconds:.1f} s", flush=True)
 
     def _sync(self, version: int) -> SyncStats:
         """`WeightSync.sync`; an engine lost during it is replaced and every engine synced again."""
@@ -179,9 +190,10 @@ class GRPOTrainer:
             except WeightSyncError as exc:
                 if exc.actor not in self.pool.labels:
                     raise  # the learner side (or a checksum): nothing to replace
-                index = self.pool.labels.index(exc.actor)
+                index, start = self.pool.labels.index(exc.actor), time.perf_counter()
                 self.restarts.charge(exc.actor, exc)
                 self.pool.restart(index)  # the next sync builds a fresh group with the replacement
+                self._replaced(exc.actor, self.pool.labels[index], start)
 
     def _stop(self, error: BaseException) -> None:
         """A fault the run cannot absorb: save the last good step if the learners can still write it.
@@ -230,7 +242,8 @@ class GRPOTrainer:
             scores = self.rewards.score([s.text for s in samples], references, [len(s.response_ids) for s in samples],
                                         recover=self._replace_reward).values
             timings["reward"] += time.perf_counter() - mark
-            out.nonfinite = out.nonfinite or nonfinite("rewards", scores["total"])
+            out.nonfinite = out.nonfinite or next(
+                (reason for key, values in scores.items() if (reason := nonfinite(f"{key!r} rewards", values))), None)
             total = torch.as_tensor(scores["total"], dtype=torch.float32)  # [n*G]
             advantages = group_advantages(total, g.group_size, g.adv_std)  # [n*G]
             keep = (dynamic_sampling_mask(total, g.group_size)[0] if g.dynamic_sampling

@@ -49,7 +49,7 @@ def test_killed_rollout_and_reward_workers_are_replaced_and_nothing_changes(refe
 def test_a_hung_worker_is_named_with_node_and_phase_then_replaced(reference, tmp_path):
     """SIGSTOP: the process is alive but answers nothing (a stuck kernel, a deadlock). The call times
     out after cluster.call_timeout_s; the warning names the worker, its node, its process and the phase."""
-    run = Run(tmp_path, "cluster.call_timeout_s=20")
+    run = Run(tmp_path, "cluster.call_timeout_s=45")
     pool = run.trainer.pool
     where = list(pool.where)
     stopped = where[0][1]
@@ -66,7 +66,7 @@ def test_a_hung_worker_is_named_with_node_and_phase_then_replaced(reference, tmp
     messages = [str(w.message) for w in caught if "replacing" in str(w.message)]
     assert len(messages) == 1, messages
     assert f"{pool.names[0]} on {where[0][0]} (pid {stopped})" in messages[0]
-    assert "no answer to generate within 20 s" in messages[0]
+    assert "no answer to generate within 45 s" in messages[0]
     assert run.trainer.restarts.total == 1
     assert run.prompts[:2] == reference.prompts[:2]
     assert run.weights == reference.weights[:2]
@@ -79,7 +79,7 @@ def test_a_worker_that_keeps_dying_stops_the_run_with_a_checkpoint(reference, tm
     pool = run.trainer.pool
     run.before_step = lambda step: signal_later(pool.where[0][1], signal.SIGKILL, 0.2)
     try:
-        with pytest.raises(RunStopped, match=r"rollout-\w+-0 on .* \(pid \d+\) lost .*reliability.max_restarts=1"):
+        with pytest.raises(RunStopped, match=r"(?s)rollout-\w+-0 on .* \(pid \d+\) lost .*reliability.max_restarts=1"):
             run.trainer.run(log=lambda *_: None)
     finally:
         run.trainer.shutdown()
