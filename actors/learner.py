@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -89,6 +90,8 @@ class Learner(WeightSource, Locatable):
         from transformers import AutoConfig
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        # ZeRO-3 calls torch's deprecated reduce_scatter_tensor on every step: one line per call, no news.
+        warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.* is deprecated", category=FutureWarning)
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at start-up that only its
         # inference path uses. Training never calls it; skipping it needs no compiler on the node, and
         # no build killed midway can leave the lock file that hangs every later start.

@@ -97,7 +97,7 @@ class GRPOTrainer:
 
         writer = SummaryWriter(self.cfg.logging.dir)
         before = self.evaluate()
-        log(_table("held-out before GRPO", before))
+        log(_table(f"held-out before GRPO ({len(self.val_rows)} val rows)", before))
         bar = tqdm(total=self.cfg.grpo.num_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
         while self.step < self.cfg.grpo.num_steps:
             try:
@@ -123,7 +123,7 @@ class GRPOTrainer:
         for key, value in after.items():
             writer.add_scalar(f"eval/{key}", value, self.step)
         writer.close()
-        log(_table("held-out after GRPO", after, before))
+        log(_table(f"held-out after GRPO ({len(self.val_rows)} val rows)", after, before))
         return {"before": before, "after": after}
 
     def evaluate(self) -> dict[str, float]:
@@ -334,7 +334,7 @@ def _line(step: int, m: dict[str, float]) -> str:
 
 def _table(title: str, metrics: dict[str, float], before: dict[str, float] | None = None) -> str:
     keys = ["total_reward", "mean_iou_matched", "label_accuracy", "format_valid"]
-    lines = [f"{title} ({EVAL_ROWS} val rows)", f"  {'':18s} {'greedy':18s}sampled (G per row)"]
+    lines = [title, f"  {'':18s} {'greedy':18s}sampled (G per row)"]
     for k in keys:
         cells = []
         for key in (k, f"sampled/{k}"):

@@ -58,7 +58,9 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
         "images": acc.Tags()["images"]}
 
 
-def test_ray_job_submit_trains_and_writes_checkpoint_and_logs(tiny_model_dir, synthetic_dir, tmp_path):
+def test_ray_job_submit_runs_the_smoke_config_as_is(tiny_model_dir, tmp_path):
+    """`conf/smoke.yaml` unchanged but for where its outputs go (and the cached tiny model / data): SFT,
+    then 6 GRPO steps with checkpoints, through `ray job submit` against a head started by hand."""
     ray = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # what our cluster launchers turn on
     port, dashboard = _free_port(), _free_port()
@@ -80,8 +82,10 @@ def test_ray_job_submit_trains_and_writes_checkpoint_and_logs(tiny_model_dir, sy
         for _ in range(30):  # the head's job agent may come up a little after its job API
             job = subprocess.run(
                 [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
-                 sys.executable, "-m", "rl.launch", *SMALL, "grpo.num_steps=2",
-                 f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path / 'runs'}"],
+                 sys.executable, "-m", "rl.launch", "--config", "conf/smoke.yaml", f"model.path={tiny_model_dir}",
+                 f"data.path={CACHE / 'synthetic-smoke'}", f"sft.output_dir={tmp_path / 'sft'}",
+                 f"sft.state_dir={tmp_path / 'sft-steps'}", f"checkpoint.dir={tmp_path / 'ckpt'}",
+                 f"logging.dir={tmp_path / 'runs'}", "logging.image_every=3"],
                 env=env, capture_output=True, text=True, timeout=900)
             if "No available agent" not in job.stderr + job.stdout:
                 break
@@ -91,12 +95,12 @@ def test_ray_job_submit_trains_and_writes_checkpoint_and_logs(tiny_model_dir, sy
         head.wait(timeout=120)
         shutil.rmtree(short_tmp, ignore_errors=True)
     assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
-    assert "held-out after GRPO" in job.stdout
-    (final,) = checkpoint.complete(tmp_path / "ckpt")
-    assert final.name == "step-000002" and checkpoint.verify(final, deep=True)
-    assert checkpoint.load_state(final)["version"] == 2
+    assert "held-out after GRPO" in job.stdout and (tmp_path / "sft" / "model.safetensors").is_file()
+    assert [p.name for p in checkpoint.complete(tmp_path / "ckpt")] == ["step-000003", "step-000006"]
+    final = checkpoint.step_dir(tmp_path / "ckpt", 6)
+    assert checkpoint.verify(final, deep=True) and checkpoint.load_state(final)["version"] == 6
     scalars = _scalars(tmp_path / "runs")
-    assert len(scalars["reward/total/mean"]) == 2 and scalars["batch/dropped_group_frac"] == [0.0, 0.0]
+    assert len(scalars["reward/total/mean"]) == 6 and scalars["faults/restarts"] == [0.0] * 6
     for tag in ("learner/loss", "learner/approx_kl", "learner/entropy", "time/rollout", "time/sync",
                 "advantage/std", "eval/mean_iou_matched", "policy/version_lag"):
         assert tag in scalars, tag
