@@ -41,6 +41,7 @@ from actors.remote import ActorCallError, Locatable, gather, label, reachable_ho
 from actors.weight_sync import TensorMeta, WeightSource
 from rl.config import Config
 from rl.grpo import lr_factor
+from rl.model_parts import freeze_vision_encoder, numel, optimizer_groups, shape
 from rl.platform import apply_env, get_platform
 
 __all__ = ["Learner", "LearnerError", "LearnerGroup", "PolicyLogprobs", "TrainSample"]
@@ -117,8 +118,9 @@ class Learner(WeightSource, Locatable):
         self.engine = self._engine(train=True)
         if self.cfg.grpo.kl_coef > 0:
             self.ref_engine = self._engine(train=False)
-        params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.policy.parameters())
-        return {"rank": self.rank, "parameters": params, "reference_loaded": self.ref_engine is not None}
+        return {"rank": self.rank, "parameters": sum(numel(p) for p in self.policy.parameters()),
+                "trainable_parameters": sum(numel(p) for p in self.policy.parameters() if p.requires_grad),
+                "reference_loaded": self.ref_engine is not None}
 
     @property
     def policy(self) -> nn.Module:
@@ -167,9 +169,9 @@ class Learner(WeightSource, Locatable):
             return engine
         if lc.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        decay = [p for p in module.parameters() if p.ndim >= 2]  # no decay on norms and biases
-        rest = [p for p in module.parameters() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": lc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        if lc.freeze_vision:  # before the optimizer exists: frozen weights get no gradient and no Adam state
+            freeze_vision_encoder(policy, "learner.freeze_vision")
+        groups = optimizer_groups(module, lc.weight_decay)  # trainable weights only
         betas = (lc.adam_beta1, lc.adam_beta2)
         if lc.offload_optimizer:  # DeepSpeed's CPU Adam steps the offloaded fp32 states in place
             from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -355,15 +357,13 @@ class Learner(WeightSource, Locatable):
         requested (the weight-sync transport sends or copies them before asking for more)."""
         import deepspeed
 
-        limit = bucket_mb * 1024**2
         named = list(self.policy.named_parameters())
         bucket: list[tuple[str, nn.Parameter]] = []
         size = 0
         for i, (name, p) in enumerate(named):
-            numel = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
             bucket.append((name, p))
-            size += numel * p.element_size()
-            if size >= limit or i == len(named) - 1:
+            size += numel(p) * p.element_size()
+            if size >= bucket_mb * 1024**2 or i == len(named) - 1:
                 with deepspeed.zero.GatheredParameters([q for _, q in bucket], modifier_rank=None,
                                                        enabled=self.cfg.learner.zero_stage == 3):
                     yield [(n, q.data) for n, q in bucket]
@@ -371,8 +371,7 @@ class Learner(WeightSource, Locatable):
 
     def weight_metas(self) -> list[TensorMeta]:
         """WeightSource: names, full (unpartitioned) shapes and dtypes of the policy's parameters."""
-        return [TensorMeta(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                for n, p in self.policy.named_parameters()]
+        return [TensorMeta(n, shape(p), str(p.dtype).removeprefix("torch.")) for n, p in self.policy.named_parameters()]
 
     def iter_weights(self) -> Iterator[tuple[str, Tensor]]:
         """WeightSource: full weights one by one, gathered bucket by bucket (collective on all ranks)."""

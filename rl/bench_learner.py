@@ -64,6 +64,7 @@ class PlainLoop:
         from transformers import AutoConfig, AutoModelForImageTextToText
 
         from actors.learner_batch import Collator, PolicyLogprobs
+        from rl.model_parts import freeze_vision_encoder, optimizer_groups
 
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)
@@ -73,11 +74,10 @@ class PlainLoop:
                                 mc.trust_remote_code)
         policy = AutoModelForImageTextToText.from_pretrained(mc.path, dtype=torch.float32)
         self.model = PolicyLogprobs(policy, cfg.rollout.temperature or 1.0, lc.logprob_chunk_size).train()
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        rest = [p for p in self.model.parameters() if p.ndim < 2]
-        self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": lc.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=lc.lr, betas=(lc.adam_beta1, lc.adam_beta2), eps=lc.adam_eps)
+        if lc.freeze_vision:  # the learner's own choice of trainable weights and optimizer groups
+            freeze_vision_encoder(policy, "learner.freeze_vision")
+        self.opt = torch.optim.AdamW(optimizer_groups(self.model, lc.weight_decay),
+                                     lr=lc.lr, betas=(lc.adam_beta1, lc.adam_beta2), eps=lc.adam_eps)
 
     def update(self, samples: list[Any]) -> float:
         import torch

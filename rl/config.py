@@ -134,6 +134,9 @@ class LearnerConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     gradient_checkpointing: bool = False
+    # As sft.freeze_vision: the vision encoder stays fixed (no gradients, no Adam state); its merger
+    # (projector) and the language model train. Adam's per-weight steps wash image content out otherwise.
+    freeze_vision: bool = True
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)  # cosine decays to lr x this
     adam_beta1: float = Field(default=0.9, ge=0, lt=1)
     adam_beta2: float = Field(default=0.999, ge=0, lt=1)

@@ -29,6 +29,7 @@ from typing import Any
 
 from rl.config import Config, ConfigError, LearnerConfig, ModelConfig
 from rl.data import DatasetError
+from rl.model_parts import freeze_vision_encoder
 from rl.platform import Platform, apply_env, get_platform
 from rl.sft_data import (
     RUN_MARKER,
@@ -139,23 +140,6 @@ def load_processor(model: ModelConfig) -> Any:
     processor = AutoProcessor.from_pretrained(model.path, trust_remote_code=model.trust_remote_code)
     processor.image_processor.size = model.processor_size()
     return processor
-
-
-def freeze_vision_encoder(model: Any) -> int:
-    """Stop gradients into the vision encoder but not its merger (the projector into the language model).
-
-    On the tiny random model this is what lets SFT learn to look: Adam moves every weight by about the
-    learning rate per step, and the patch embedding sums 1536 inputs that are mostly the same background,
-    so within ~50 steps its output becomes a large constant that drowns the image content. Returns the
-    number of frozen parameters; a model without a `visual` tower raises (nothing would be frozen)."""
-    frozen = 0
-    for name, param in model.named_parameters():
-        if ".visual." in f".{name}" and "merger" not in name:
-            param.requires_grad_(False)
-            frozen += param.numel()
-    if not frozen:
-        raise ConfigError("sft.freeze_vision: this model has no parameters under a 'visual' module to freeze")
-    return frozen
 
 
 def load_model(model: ModelConfig, platform: Platform, deepspeed: bool) -> Any:
@@ -291,7 +275,7 @@ def build_run(cfg: Config) -> SFTRun:
     grounding = GroundingEval(cfg, val.rows[:cfg.sft.grounding_eval_rows], scalars)
     model = load_model(cfg.model, platform, args.deepspeed is not None)
     if cfg.sft.freeze_vision:
-        freeze_vision_encoder(model)
+        freeze_vision_encoder(model, "sft.freeze_vision")
     trainer = GroundingSFTTrainer(
         model=model, args=args,
         train_dataset=to_dataset(train, processor.tokenizer),

@@ -18,6 +18,7 @@ from actors.learner_batch import MetricSum, micro_batches, shard_for_learners
 from rl.config import Config
 from rl.data import load_split
 from rl.grpo import group_advantages
+from rl.model_parts import is_vision_encoder
 
 slow = pytest.mark.slow
 
@@ -122,15 +123,25 @@ def test_reference_logprobs_equal_policy_logprobs_before_any_step(fresh, samples
 
 
 @slow
-def test_step_on_one_positive_advantage_raises_its_logprob(fresh, samples):
+def test_step_on_one_positive_advantage_raises_its_logprob(fresh, samples, learner_config):
     batch = [TrainSample(s.prompt_ids, s.response_ids, s.image, advantage=1.0 if i == 0 else 0.0)
              for i, s in enumerate(samples)]
+    weights = fresh.full_state_dict()
     before = fresh.compute_logprobs(batch)
     metrics = fresh.update(batch)
     after = fresh.compute_logprobs(batch)
     assert sum(after[0]) > sum(before[0]) + 0.05, (sum(before[0]), sum(after[0]))
     assert metrics["optimizer_steps"] == 2 and math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
     assert metrics["clipfrac"] >= 0 and metrics["entropy"] > 0 and metrics["use_tis"] == 0
+    # learner.freeze_vision (on by default): the vision encoder stays bit-identical, the merger and the
+    # language model move; the frozen weights are still in the full state (sync and save send them all).
+    assert learner_config.learner.freeze_vision
+    moved = {k for k, v in fresh.full_state_dict().items() if not torch.equal(v, weights[k])}
+    encoder = {k for k in weights if is_vision_encoder(k)}
+    assert encoder and not moved & encoder
+    assert any("visual.merger" in k for k in moved) and any("language_model" in k for k in moved)
+    info = fresh.info[0]
+    assert 0 < info["trainable_parameters"] == info["parameters"] - sum(weights[k].numel() for k in encoder)
 
 
 @slow

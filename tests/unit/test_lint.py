@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-ACTORS_MAY_IMPORT = {"rl", "rl.config", "rl.grpo", "rl.data", "rl.platform"}
+ACTORS_MAY_IMPORT = {"rl", "rl.config", "rl.grpo", "rl.data", "rl.platform", "rl.model_parts"}
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:

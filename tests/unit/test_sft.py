@@ -17,9 +17,7 @@ from rl.sft import (
     deepspeed_config,
     drop_incomplete,
     find_resume,
-    freeze_vision_encoder,
     is_complete,
-    load_model,
     load_processor,
     publish,
     run_dir,
@@ -126,18 +124,6 @@ def test_missing_image_is_named_and_long_rows_are_caught(tiny_config, synthetic_
         load_sft_split(short, "train", processor)
     with pytest.raises(DatasetError, match="SFT split not found"):
         load_sft_split(_cfg(tiny_config, data_path=str(tmp_path / "nothing")), "train", processor)
-
-
-def test_vision_encoder_freezes_but_the_merger_trains(tiny_config, tiny_model_dir):
-    import torch
-
-    model = load_model(tiny_config.model, get_platform("cpu"), deepspeed=False)
-    frozen = freeze_vision_encoder(model)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert frozen > 0 and not any(n.startswith("model.visual.patch_embed") for n in trainable)
-    assert any("visual.merger" in n for n in trainable) and any("language_model" in n for n in trainable)
-    with pytest.raises(ConfigError, match="no parameters under a 'visual' module"):
-        freeze_vision_encoder(torch.nn.Linear(2, 2))
 
 
 def test_training_arguments_come_from_the_config(tiny_config, tmp_path):

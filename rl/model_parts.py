@@ -1,0 +1,54 @@
+"""Which parameters of a Qwen3-VL model are which part, shared by SFT (rl/sft.py) and the GRPO learner
+(actors/learner.py): the vision encoder (`visual.*` except its mergers), the mergers that project image
+features into the language model, and the language model; which of them the optimizer holds. Duck-typed
+(no torch import), and right for models built under DeepSpeed's ZeRO-3 `zero.Init` (partitioned
+parameters report their full size and shape through `ds_numel` / `ds_shape`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rl.config import ConfigError
+
+
+def is_vision_encoder(name: str) -> bool:
+    """A parameter of the vision tower other than a merger (`merger`, Qwen3-VL's `deepstack_merger_list`)."""
+    return ".visual." in f".{name}" and "merger" not in name
+
+
+def numel(param: Any) -> int:
+    """Elements of a parameter, the full count for a ZeRO-3 partitioned one (whose local data is empty)."""
+    return param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+
+
+def shape(param: Any) -> tuple[int, ...]:
+    """A parameter's full shape, also for a ZeRO-3 partitioned one (whose local data is 1-D and empty)."""
+    return tuple(getattr(param, "ds_shape", param.shape))
+
+
+def optimizer_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: trainable parameters only (a frozen one gets no optimizer state),
+    weight decay on matrices, none on norms and biases."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if len(shape(p)) >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if len(shape(p)) < 2], "weight_decay": 0.0}]
+
+
+def freeze_vision_encoder(model: Any, key: str) -> int:
+    """Stop gradients into the vision encoder but not its merger (the projector into the language model).
+
+    On the tiny random model this is what lets training learn to look: Adam moves every weight by about
+    the learning rate per step, and the patch embedding sums 1536 inputs that are mostly the same
+    background, so within ~50 steps its output becomes a large constant that drowns the image content.
+    Returns the number of frozen parameters. `key` is the config key that asked for it
+    (`sft.freeze_vision`, `learner.freeze_vision`); a model without a `visual` tower raises naming it
+    (nothing would be frozen)."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if is_vision_encoder(name):
+            param.requires_grad_(False)
+            frozen += numel(param)
+    if not frozen:
+        raise ConfigError(f"{key}: this model has no parameters under a 'visual' module to freeze "
+                          f"(set {key}=false for a model without a vision tower)")
+    return frozen
