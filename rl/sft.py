@@ -298,12 +298,18 @@ def train_sft(cfg: Config) -> SFTResult:
     print(f"sft: {cfg.model.path} on {len(run.train.rows)} train / {len(run.val.rows)} val rows, "
           f"{cfg.sft.num_steps} steps x {batch} samples, {engine}, {args.world_size} process(es)"
           + (f", resuming from {run.resume}" if run.resume else ""), flush=True)
+    # A run resumed at its last step is finished. Not calling the Trainer: resumed mid-epoch at max_steps,
+    # transformers' loop trains one step more before it checks the limit.
+    done = json.loads((run.resume / TRAINER_STATE).read_text()) if run.resume else None
+    finished = done is not None and done["global_step"] >= cfg.sft.num_steps
     try:
-        trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None)
+        if not finished:
+            trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None)
     finally:
         run.scalars.close()
-    step = trainer.state.global_step
-    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    step, history = (done["global_step"], done["log_history"]) if finished else (
+        trainer.state.global_step, trainer.state.log_history)
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     result = SFTResult(output_dir=cfg.sft.output_dir, steps=step, samples_per_s=run.scalars.samples_per_s,
                        before=run.grounding.before, after=run.grounding.after,
                        eval_loss=evals[-1] if evals else None, train_rows=len(run.train.rows),

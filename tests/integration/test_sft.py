@@ -116,6 +116,26 @@ def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, synthetic_dir
         assert (a[name] - b[name]).abs().max() < 1e-5, name
 
 
+def test_rerunning_a_finished_run_trains_nothing(tmp_path, tiny_model_dir, synthetic_dir, capfd):
+    """3 steps of 8 of a 64-row epoch: the last checkpoint is mid-epoch, where transformers' resumed loop
+    would train a 4th step before checking max_steps."""
+    from safetensors.torch import load_file
+
+    overrides = _overrides(tmp_path, tiny_model_dir, synthetic_dir, num_steps=3, micro_batch_size=8, eval_every=0,
+                           grounding_eval_rows=0, warmup_steps=0)
+    assert main(overrides) == 0
+    first = load_file(tmp_path / "sft" / "model.safetensors")
+    capfd.readouterr()
+    assert main(overrides) == 0
+    out = capfd.readouterr().out
+    assert "resuming from" in out and "checkpoint-3" in out and "sft step" not in out, out
+    summary = json.loads((tmp_path / "sft" / SUMMARY).read_text())
+    state = json.loads((tmp_path / "sft" / "trainer_state.json").read_text())
+    assert summary["steps"] == 3 == state["global_step"]
+    again = load_file(tmp_path / "sft" / "model.safetensors")
+    assert first.keys() == again.keys() and all((first[k] == again[k]).all() for k in first)
+
+
 def test_two_processes_train_together(tmp_path, tiny_model_dir, synthetic_dir, capfd):
     """sft.num_processes=2: torchrun, one gloo group, the global batch split over both processes."""
     overrides = _overrides(tmp_path, tiny_model_dir, synthetic_dir, num_steps=2, micro_batch_size=4,
