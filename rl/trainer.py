@@ -106,8 +106,7 @@ class GRPOTrainer:
                 self._stop(exc)
                 raise
             self.step += 1
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, self.step)
+            write_scalars(writer, metrics, self.step)
             if self.cfg.logging.image_every and self.step % self.cfg.logging.image_every == 0:
                 self._log_images(writer)
             bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}")
@@ -120,8 +119,7 @@ class GRPOTrainer:
         if not self.cfg.checkpoint.every or self.step % self.cfg.checkpoint.every:
             self.save()
         after = self.evaluate()
-        for key, value in after.items():
-            writer.add_scalar(f"eval/{key}", value, self.step)
+        write_scalars(writer, {f"eval/{key}": value for key, value in after.items()}, self.step)
         writer.close()
         log(_table(f"held-out after GRPO ({len(self.val_rows)} val rows)", after, before))
         return {"before": before, "after": after}
@@ -342,6 +340,19 @@ def _table(title: str, metrics: dict[str, float], before: dict[str, float] | Non
             cells.append(f"{metrics[key]:.3f}{delta:9s}")
         lines.append(f"  {k:18s} " + "   ".join(cells))
     return "\n".join(lines)
+
+
+def write_scalars(writer: Any, metrics: dict[str, float], step: int) -> None:
+    """One step's TensorBoard scalars, flushed. TensorBoard writes from a thread of its own and re-raises
+    that thread's OSError (a full disk) at a later call without a path: here it stops the run naming the
+    folder, instead of some later step failing with `File too large`."""
+    try:
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, step)
+        writer.flush()
+    except OSError as exc:
+        raise OSError(exc.errno, f"could not write TensorBoard logs to {writer.log_dir}: {exc.strerror or exc}"
+                      ) from exc
 
 
 def write_summary(path: Path, result: dict[str, Any]) -> None:

@@ -123,3 +123,24 @@ def test_drawing_puts_reference_and_prediction_boxes_on_the_image():
     assert tuple(out[20, 60]) == PREDICTION  # top edge of the predicted box at y = 0.1 x 200
     assert tuple(out[120, 150]) == REFERENCE  # top edge of the reference box at y = 0.6 x 200
     assert tuple(out[199, 0]) == (0, 0, 0)
+
+
+def test_a_full_disk_under_the_logs_stops_the_run_naming_the_folder(tmp_path):
+    """A real write error: the file-size limit (RLIMIT_FSIZE, EFBIG past 4 KB) in a child process, where
+    TensorBoard's writer thread hits it; `write_scalars` surfaces it with the folder named."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, signal
+from torch.utils.tensorboard import SummaryWriter
+from rl.trainer import write_scalars
+writer = SummaryWriter({str(tmp_path / "runs")!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+for step in range(1, 200):
+    write_scalars(writer, {{f"metric/{{k}}": float(k) for k in range(20)}}, step)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"OSError: [Errno 27] could not write TensorBoard logs to {tmp_path / 'runs'}: File too large" in done.stderr
