@@ -18,9 +18,11 @@ other thing the driver needs inside them). `WeightSender` runs in learner rank 0
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -193,7 +195,8 @@ class WeightReceiver:
             self._sync_group.broadcast(flat, 0).wait(self._sync_timeout)
             named = list(unpack(flat, bucket))
             sums.update(checksum(named))
-            self.model_runner.reload_weights(weights_iterator=iter(named))
+            with quiet_partial_reload():
+                self.model_runner.reload_weights(weights_iterator=iter(named))
         return sums
 
     def load_safetensors(self, path: str) -> int:
@@ -227,6 +230,26 @@ class WeightReceiver:
 
     def close_weight_sync(self) -> None:
         self._sync_group = None
+
+
+# vLLM's in-place reload expects every weight at once and warns, at each bucket, about every weight the
+# bucket does not hold (thousands of multi-KB lines per sync of an 8B model). The sync checks each tensor
+# it moves itself (checksums), so those two loggers stay at ERROR while a bucket loads.
+PARTIAL_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.inplace",
+                          "vllm.model_executor.model_loader.reload.layerwise")
+
+
+@contextmanager
+def quiet_partial_reload() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in PARTIAL_RELOAD_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -39,3 +39,25 @@ def test_checksum_sees_a_single_bit():
     flipped.view(torch.int32)[7] ^= 1
     assert checksum([("w", w)]) == checksum([("w", w.clone())])
     assert checksum([("w", w)]) != checksum([("w", flipped)])
+
+
+def test_partial_reload_warnings_are_quiet_only_while_a_bucket_loads(caplog):
+    import logging
+
+    from vllm.model_executor.model_loader.reload import inplace, layerwise
+
+    from actors.weight_sync import PARTIAL_RELOAD_LOGGERS, quiet_partial_reload
+
+    # The loggers vLLM's reload warns through are the ones we quiet (a rename in vLLM fails here).
+    assert (inplace.logger.name, layerwise.logger.name) == PARTIAL_RELOAD_LOGGERS
+    before = [inplace.logger.level, layerwise.logger.level]
+    inplace.logger.propagate = layerwise.logger.propagate = True  # vLLM's own handler aside, caplog sees them
+    with caplog.at_level(logging.WARNING):
+        with quiet_partial_reload():
+            inplace.logger.warning("Following weights were not loaded from checkpoint: %s", {"a"})
+            layerwise.logger.warning("%s: Failed to load weights", "Linear")
+            inplace.logger.error("a real error still shows")
+        inplace.logger.warning("after the bucket: shown again")
+    assert [inplace.logger.level, layerwise.logger.level] == before
+    ours = [r.getMessage() for r in caplog.records if r.name in PARTIAL_RELOAD_LOGGERS]
+    assert ours == ["a real error still shows", "after the bucket: shown again"]
