@@ -50,13 +50,20 @@ def test_partial_reload_warnings_are_quiet_only_while_a_bucket_loads(caplog):
 
     # The loggers vLLM's reload warns through are the ones we quiet (a rename in vLLM fails here).
     assert (inplace.logger.name, layerwise.logger.name) == PARTIAL_RELOAD_LOGGERS
-    before = [inplace.logger.level, layerwise.logger.level]
-    with caplog.at_level(logging.WARNING):
-        with quiet_partial_reload():
-            inplace.logger.warning("Following weights were not loaded from checkpoint: %s", {"a"})
-            layerwise.logger.warning("%s: Failed to load weights", "Linear")
-            inplace.logger.error("a real error still shows")
-        inplace.logger.warning("after the bucket: shown again")
-    assert [inplace.logger.level, layerwise.logger.level] == before
+    original = [inplace.logger.level, layerwise.logger.level]
+    try:
+        # Warnings on (other tests, or vLLM's logging config, may have raised the level of `vllm`).
+        for logger in (inplace.logger, layerwise.logger):
+            logger.setLevel(logging.WARNING)
+        with caplog.at_level(logging.WARNING):
+            with quiet_partial_reload():
+                inplace.logger.warning("Following weights were not loaded from checkpoint: %s", {"a"})
+                layerwise.logger.warning("%s: Failed to load weights", "Linear")
+                inplace.logger.error("a real error still shows")
+            inplace.logger.warning("after the bucket: shown again")
+        assert [inplace.logger.level, layerwise.logger.level] == [logging.WARNING] * 2
+    finally:
+        for logger, level in zip((inplace.logger, layerwise.logger), original, strict=True):
+            logger.setLevel(level)
     ours = [r.getMessage() for r in caplog.records if r.name in PARTIAL_RELOAD_LOGGERS]
     assert ours == ["a real error still shows", "after the bucket: shown again"]
