@@ -163,22 +163,23 @@ class GRPOTrainer:
     def _replace_rollout(self, index: int, error: ActorCallError) -> None:
         """A rollout worker died or hung mid-call: a fresh one, at the current weights version (its
         lost share is then generated again by the pool, with the same seed)."""
-        start, lost = time.perf_counter(), self.pool.labels[index]
-        self.restarts.charge(lost, error)
-        self.pool.restart(index)
-        self.sync.catch_up(index, self.version)
-        self._replaced(lost, self.pool.labels[index], start)
+        self._replace(self.pool, index, error, catch_up=True)
 
     def _replace_reward(self, index: int, error: ActorCallError) -> None:
-        start, lost = time.perf_counter(), self.rewards.labels[index]
-        self.restarts.charge(lost, error)
-        self.rewards.restart(index)
-        self._replaced(lost, self.rewards.labels[index], start)
+        self._replace(self.rewards, index, error)
 
-    def _replaced(self, lost: str, new: str, start: float) -> None:
+    def _replace(self, pool: RolloutPool | RewardPool, index: int, error: ActorCallError,
+                 catch_up: bool = False) -> None:
+        """Charge the restart budget, start a fresh worker `index` of `pool` (and sync it to the current
+        version with `catch_up`), and log how long it took."""
+        start, lost = time.perf_counter(), pool.labels[index]
+        self.restarts.charge(lost, error)
+        pool.restart(index)
+        if catch_up:
+            self.sync.catch_up(index, self.version)
         seconds = time.perf_counter() - start
         self.recovery_s += seconds
-        print(f"step {self.step + 1}: {lost} replaced by {new} in {seconds:.1f} s", flush=True)
+        print(f"step {self.step + 1}: {lost} replaced by {pool.labels[index]} in {seconds:.1f} s", flush=True)
 
     def _sync(self, version: int) -> SyncStats:
         """`WeightSync.sync`; an engine lost during it is replaced and every engine synced again."""
@@ -188,10 +189,8 @@ class GRPOTrainer:
             except WeightSyncError as exc:
                 if exc.actor not in self.pool.labels:
                     raise  # the learner side (or a checksum): nothing to replace
-                index, start = self.pool.labels.index(exc.actor), time.perf_counter()
-                self.restarts.charge(exc.actor, exc)
-                self.pool.restart(index)  # the next sync builds a fresh group with the replacement
-                self._replaced(exc.actor, self.pool.labels[index], start)
+                # No catch-up: the next sync builds a fresh group with the replacement in it.
+                self._replace(self.pool, self.pool.labels.index(exc.actor), exc)
 
     def _stop(self, error: BaseException) -> None:
         """A fault the run cannot absorb: save the last good step if the learners can still write it.
