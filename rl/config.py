@@ -117,6 +117,8 @@ class GRPOConfig(Section):
     tis_cap: float | None = Field(default=2.0, gt=0)  # truncated importance sampling cap; None: off
     dynamic_sampling: bool = True
     max_refill_rounds: int = Field(default=2, ge=0)
+    # 1: rollouts for step t+1 run while the learner trains step t (one policy version behind, corrected
+    # by the truncated importance weights); 0: on-policy, every sample from the learner's current weights.
     off_policy_lag: Literal[0, 1] = 0
     ppo_epochs: int = Field(default=1, ge=1)  # passes over each rollout batch
     num_mini_batches: int = Field(default=1, ge=1)  # optimizer steps per epoch (the batch split evenly)
@@ -287,6 +289,9 @@ class Config(Section):
         self._check_nodes()
         if self.grpo.clip_high < self.grpo.clip_low:
             raise ValueError(f"grpo.clip_high ({self.grpo.clip_high}) < grpo.clip_low ({self.grpo.clip_low})")
+        if self.grpo.off_policy_lag and self.grpo.tis_cap is None:
+            raise ValueError("grpo.off_policy_lag=1 needs grpo.tis_cap: the importance weights pi_old / pi_sampler "
+                             "are what corrects samples drawn one policy version behind")
         return self
 
     def _check_nodes(self) -> None:

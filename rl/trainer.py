@@ -9,6 +9,7 @@ Held-out metrics (greedy answers on the val split) are printed before the first 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 import uuid
@@ -53,6 +54,8 @@ class Collected:
     response_tokens: int = 0
     truncated: int = 0  # responses cut at rollout.max_tokens
     nonfinite: str | None = None  # why the step must not update: a NaN/inf among the rewards
+    version: int = 0  # the oldest policy version the kept samples came from
+    version_lag: int = 0  # learner version at the update minus `version`
 
 
 class GRPOTrainer:
@@ -84,6 +87,12 @@ class GRPOTrainer:
         self.nonfinite = NonFiniteGuard(cfg.reliability.max_nonfinite_steps)
         self.chaos = Chaos(cfg.chaos)
         self.recovery_s = 0.0  # spent replacing workers this step (time/recovery)
+        # Off-policy mode: the next step's batch, sampled while the learner trained, and the data
+        # position before its prompts; the update runs on a background thread meanwhile.
+        self._pending: Collected | None = None
+        self._pending_order: dict[str, int] = {}
+        self._background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grpo-update")
+        self._updating: concurrent.futures.Future | None = None
         self._resume()
         # The engines start from model.path; after a resume the learners hold newer weights.
         self._sync(self.version)
@@ -131,16 +140,53 @@ class GRPOTrainer:
         return greedy | {f"sampled/{k}": v for k, v in sampled.items()}
 
     def train_step(self) -> dict[str, float]:
+        """One step: this step's batch (prefetched by the last step in off-policy mode), the update, the
+        next step's rollouts overlapping it when `grpo.off_policy_lag` is 1, then the weight sync."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        self._good = {"order": self.order.state(), "updated": False}  # what `_stop` saves if this step fails
-        self.chaos.start(self.step + 1, {"rollout": list(zip(self.pool.names, self.pool.workers, strict=True)),
-                                         "reward": list(zip(self.rewards.names, self.rewards.actors, strict=True))})
+        prefetched = self._pending is not None
+        if not prefetched:  # on-policy, or the first step of an off-policy run
+            self._good = {"order": self.order.state(), "updated": False}  # what `_stop` saves if this step fails
+            batch = self._collect_step(self.step, timings)
+        else:
+            batch, self._pending = self._pending, None
+            self._good = {"order": self._pending_order, "updated": False}
+        after = self.order.state()  # the data position once this step counts
+        if self.cfg.grpo.off_policy_lag and self.step + 1 < self.cfg.grpo.num_steps:
+            # The engines sample step t+1 with the weights they hold (version t-1) while the learner
+            # trains step t; the learner's importance weights correct that one-version lag.
+            self._updating = self._background.submit(self._update, batch, after, timings)
+            try:
+                self._pending = self._collect_step(self.step + 1, timings, drill=prefetched)
+                self._pending_order = after
+            finally:
+                learner, self._updating = self._updating.result(), None
+        else:
+            learner = self._update(batch, after, timings)
+        mark = time.perf_counter()
+        sync = self._sync(self.version)
+        timings["sync"] = time.perf_counter() - mark
+        total = time.perf_counter() - start
+        timings["recovery"], self.recovery_s = self.recovery_s, 0.0
+        return self._metrics(batch, learner, timings, total, sync.gb_per_s)
+
+    def _collect_step(self, step: int, timings: dict[str, float], drill: bool = True) -> Collected:
+        """`collect` for the step with 0-based index `step`, with the chaos drill's kill of the current
+        step in flight (`drill`: once per step, at its first collection)."""
+        if drill:
+            self.chaos.start(self.step + 1, {
+                "rollout": list(zip(self.pool.names, self.pool.workers, strict=True)),
+                "reward": list(zip(self.rewards.names, self.rewards.actors, strict=True))})
         try:
-            batch = self.collect(timings)
+            return self.collect(timings, step)
         finally:
             self.chaos.finish()
+
+    def _update(self, batch: Collected, after: dict[str, int], timings: dict[str, float]) -> dict[str, float]:
+        """The learners' update on `batch`; the learner version then counts one more (even when a
+        non-finite value skipped it: the step still happened)."""
         mark = time.perf_counter()
+        batch.version_lag = self.version - batch.version
         # A NaN/inf anywhere upstream of the weights skips the update (the learners check loss and
         # gradients themselves, on every rank); several in a row stop the run.
         skip = batch.nonfinite or nonfinite("advantages", [s.advantage for s in batch.samples])
@@ -148,15 +194,10 @@ class GRPOTrainer:
         if learner.get("skipped_nonfinite"):
             skip = f"{learner['skipped_nonfinite']:.0f} optimizer steps with non-finite loss or gradients"
         self.nonfinite.record(self.step + 1, skip)
-        timings["update"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        self._good["updated"] = True
+        self._good = {"order": after, "updated": True}
         self.version += 1
-        sync = self._sync(self.version)
-        timings["sync"] = time.perf_counter() - mark
-        total = time.perf_counter() - start
-        timings["recovery"], self.recovery_s = self.recovery_s, 0.0
-        return self._metrics(batch, learner, timings, total, sync.gb_per_s)
+        timings["update"] = time.perf_counter() - mark
+        return learner
 
     # ------------------------------------------------------------------ faults
 
@@ -176,6 +217,8 @@ class GRPOTrainer:
         self.restarts.charge(lost, error)
         pool.restart(index)
         if catch_up:
+            if self._updating is not None:  # the learner answers after its update: send that version
+                concurrent.futures.wait([self._updating])
             self.sync.catch_up(index, self.version)
         seconds = time.perf_counter() - start
         self.recovery_s += seconds
@@ -198,8 +241,9 @@ class GRPOTrainer:
         put back); one that failed after it counts as done."""
         if self._good["updated"]:
             self.step += 1
-        else:
-            self.order = PromptOrder(len(self.rows), self.cfg.seed, **self._good["order"])
+        # The prompts of the step that failed, or of a prefetched batch, go back.
+        self.order = PromptOrder(len(self.rows), self.cfg.seed, **self._good["order"])
+        self._pending = None
         try:
             path = self.save()
         except Exception as exc:  # noqa: BLE001 - reported next to the error that stops the run
@@ -210,11 +254,11 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ one step's data
 
-    def collect(self, timings: dict[str, float]) -> Collected:
-        """Sample G answers for the next prompts, score them, keep groups with reward variance (DAPO
-        dynamic sampling), and refill from the following prompts until `prompts_per_step` groups are
-        kept or `max_refill_rounds` extra rounds are spent."""
-        g, out = self.cfg.grpo, Collected()
+    def collect(self, timings: dict[str, float], step: int) -> Collected:
+        """Sample G answers for the next prompts for step `step` (0-based), score them, keep groups with
+        reward variance (DAPO dynamic sampling), and refill from the following prompts until
+        `prompts_per_step` groups are kept or `max_refill_rounds` extra rounds are spent."""
+        g, out = self.cfg.grpo, Collected(version=self.version)
         timings.setdefault("rollout", 0.0)
         timings.setdefault("reward", 0.0)
         kept = 0
@@ -222,12 +266,15 @@ class GRPOTrainer:
             rows = [self.rows[i] for i in self.order.take(g.prompts_per_step - kept)]
             mark = time.perf_counter()
             # Seeded by (run seed, step, round): a resumed or restarted run samples exactly the same.
-            seed = (self.cfg.rollout.seed * 1_000_003 + self.step * 101 + out.rounds) * 64
+            seed = (self.cfg.rollout.seed * 1_000_003 + step * 101 + out.rounds) * 64
             results, _ = self.pool.generate(rows, n=g.group_size, seed=seed, recover=self._replace_rollout)
             timings["rollout"] += time.perf_counter() - mark
-            stale = [r.index for r in results if not r.error and r.policy_version != self.version]
-            if stale:  # on-policy: never train on samples of an older policy
-                raise RuntimeError(f"rollouts of prompts {stale[:5]} came from a stale policy version")
+            # On-policy never trains on samples of an older policy; off-policy at most one version behind.
+            stale = [r.index for r in results if not r.error and self.version - r.policy_version > g.off_policy_lag]
+            if stale:
+                raise RuntimeError(f"rollouts of prompts {stale[:5]} came from a policy more than "
+                                   f"grpo.off_policy_lag={g.off_policy_lag} versions behind {self.version}")
+            out.version = min([out.version] + [r.policy_version for r in results if not r.error])
             ok = [r for r in results if r.error is None]
             out.failed_rows += len(results) - len(ok)
             out.rounds += 1
@@ -268,7 +315,10 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self) -> Path:
-        state = {"step": self.step, "version": self.version, "data": self.order.state(),
+        # A prefetched batch is not saved: its prompts are drawn again after a resume (from the
+        # resumed weights, so an off-policy run resumes exactly in data, not bit for bit).
+        data = self._pending_order if self._pending is not None else self.order.state()
+        state = {"step": self.step, "version": self.version, "data": data,
                  "config": self.cfg.to_dict()}
         return checkpoint.save(self.cfg.checkpoint.dir, self.step, self.learners.save, state,
                                self.cfg.checkpoint.keep_last)
@@ -284,6 +334,7 @@ class GRPOTrainer:
         print(f"resumed from {path} at step {self.step}")
 
     def shutdown(self) -> None:
+        self._background.shutdown()
         for part in (self.pool, self.learners, self.rewards):
             part.shutdown()
         self.placement.remove()
@@ -302,7 +353,7 @@ class GRPOTrainer:
                 "batch/sequences": float(len(batch.samples)),
                 "response/length_mean": batch.response_tokens / max(len(batch.samples), 1),
                 "response/truncated_frac": batch.truncated / max(len(batch.samples), 1),
-                "policy/version": float(self.version), "policy/version_lag": 0.0,
+                "policy/version": float(self.version), "policy/version_lag": float(batch.version_lag),
                 "time/step": total, "time/sync_gb_per_s": sync_gbps,
                 "faults/restarts": float(self.restarts.total), "faults/nonfinite_skipped": float(self.nonfinite.total),
                 "faults/chaos_kills": float(len(self.chaos.kills)),

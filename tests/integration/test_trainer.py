@@ -147,3 +147,36 @@ def test_resume_continues_exactly_like_a_straight_run(ray_cluster, tiny_model_di
     assert resumed.keys() == reference.keys()
     for name in reference:
         assert torch.equal(resumed[name], reference[name]), name
+
+
+def test_off_policy_samples_the_next_step_while_the_learner_trains(ray_cluster, tiny_model_dir, synthetic_dir,
+                                                                   tmp_path):
+    """grpo.off_policy_lag=1: step t+1's rollouts run while the learner trains step t, so every batch after
+    the first is one policy version behind the learner (and importance-weighted), never more; the last step
+    prefetches nothing; a checkpoint taken with a batch prefetched puts that batch's prompts back."""
+    from rl.trainer import GRPOTrainer
+
+    # 2 prompts per step, no refill: the data position is exactly 2 prompts per collected batch.
+    cfg = load_config(overrides=[*SMALL, "grpo.off_policy_lag=1", "grpo.num_steps=4", "grpo.dynamic_sampling=false",
+                                 f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path / 'runs'}"])
+    trainer = GRPOTrainer(cfg)
+    metrics = []
+    try:
+        while trainer.step < cfg.grpo.num_steps:
+            metrics.append(trainer.train_step())
+            trainer.step += 1
+            if trainer.step == 2:
+                assert trainer.order.state()["cursor"] == 6  # steps 1, 2 and the prefetched step 3
+                saved = checkpoint.load_state(trainer.save())
+                assert saved["data"]["cursor"] == 4 and saved["version"] == 2
+        assert trainer._pending is None  # nothing sampled for a step 5 that never comes
+        import ray
+
+        # Every engine holds the final version (each sync compared its checksums with the learner's).
+        assert ray.get([w.policy_version.remote() for w in trainer.pool.workers]) == [4] * len(trainer.pool.workers)
+    finally:
+        trainer.shutdown()
+    assert [m["policy/version_lag"] for m in metrics] == [0.0, 1.0, 1.0, 1.0]
+    assert [m["policy/version"] for m in metrics] == [1.0, 2.0, 3.0, 4.0]
+    assert all(m["learner/use_tis"] == 1.0 for m in metrics)
+    assert all(m["learner/optimizer_steps"] == 1.0 for m in metrics)

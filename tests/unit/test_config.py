@@ -61,6 +61,12 @@ def test_divisibility_is_checked_at_load_time():
         load_config(overrides=["learner.num_learners=2", "learner.micro_batch_size=5"])
 
 
+def test_off_policy_needs_importance_weights():
+    with pytest.raises(ConfigError, match=r"grpo.off_policy_lag=1 needs grpo.tis_cap"):
+        load_config(overrides=["grpo.off_policy_lag=1", "grpo.tis_cap=null"])
+    assert load_config(overrides=["grpo.off_policy_lag=1"]).grpo.off_policy_lag == 1
+
+
 def test_pixel_limits_are_ordered():
     with pytest.raises(ConfigError, match=r"min_pixels \(20000\) > max_pixels \(16384\)"):
         load_config(overrides=["model.min_pixels=20000"])
