@@ -142,7 +142,7 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         """One step: this step's batch (prefetched by the last step in off-policy mode), the update, the
         next step's rollouts overlapping it when `grpo.off_policy_lag` is 1, then the weight sync."""
-        timings: dict[str, float] = {}
+        timings = {"rollout": 0.0, "reward": 0.0}  # 0 on an off-policy run's last step: nothing to sample
         start = time.perf_counter()
         prefetched = self._pending is not None
         if not prefetched:  # on-policy, or the first step of an off-policy run
@@ -259,8 +259,6 @@ class GRPOTrainer:
         reward variance (DAPO dynamic sampling), and refill from the following prompts until
         `prompts_per_step` groups are kept or `max_refill_rounds` extra rounds are spent."""
         g, out = self.cfg.grpo, Collected(version=self.version)
-        timings.setdefault("rollout", 0.0)
-        timings.setdefault("reward", 0.0)
         kept = 0
         while kept < g.prompts_per_step and out.rounds <= g.max_refill_rounds:
             rows = [self.rows[i] for i in self.order.take(g.prompts_per_step - kept)]
