@@ -41,7 +41,9 @@ def _overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
         "pipeline=[grpo]", *model, f"data.path={CACHE / 'step-data'}",
         f"data.synthetic.num_train={max(64, args.steps * args.prompts)}", "data.synthetic.num_val=8",
         "data.synthetic.num_test=8", f"grpo.prompts_per_step={args.prompts}", f"grpo.group_size={args.group_size}",
-        f"grpo.num_steps={args.steps}", f"grpo.dynamic_sampling={str(args.dynamic_sampling).lower()}",
+        # One step more than run: off-policy, every timed step then samples the next one ahead, as all but the
+        # last step of a real run do (on-policy this changes nothing).
+        f"grpo.num_steps={args.steps + 1}", f"grpo.dynamic_sampling={str(args.dynamic_sampling).lower()}",
         f"rollout.max_tokens={args.max_tokens}", f"learner.lr={args.lr}", "learner.warmup_steps=0",  # as TRL
         f"learner.micro_batch_size={min(args.micro_batch, sequences)}", f"learner.cpus_per_learner={args.threads}",
         f"checkpoint.dir={run_dir / 'ckpt'}", "checkpoint.resume=never", f"logging.dir={run_dir / 'runs'}",
@@ -92,8 +94,12 @@ class Ours:
     def summary(self, warmup: int) -> dict[str, Any]:
         kept = self.metrics[warmup:]
         phases = {k: _median([m.get(f"time/{k}", 0.0) for m in kept]) for k in OUR_PHASES}
-        # Driver-side rest: advantages, batching, metrics, the trainer's own bookkeeping.
-        phases["other"] = _median([m["bench/wall"] - sum(m.get(f"time/{k}", 0.0) for k in OUR_PHASES) for m in kept])
+        # Driver-side rest: advantages, batching, metrics, the trainer's own bookkeeping. Off-policy, the
+        # next step's rollout and reward run during the update, so the longer of the two counts.
+        overlap = self.trainer.cfg.grpo.off_policy_lag
+        phases["other"] = _median([m["bench/wall"] - m["time/sync"] - (
+            max(m["time/update"], m["time/rollout"] + m["time/reward"]) if overlap
+            else m["time/update"] + m["time/rollout"] + m["time/reward"]) for m in kept])
         step = _median([m["bench/wall"] for m in kept])
         phases["update_in_learner"] = _median([m.get("learner/seconds", float("nan")) for m in kept])
         return {"s_per_step": step, "mean_s_per_step": statistics.mean([m["bench/wall"] for m in kept]),
@@ -120,10 +126,12 @@ def _trl_dataset(rows: list[Any]) -> Any:
 def _run_trl(cfg: Any, args: argparse.Namespace, rows: list[Any], run_dir: Path, after_step: Any) -> dict[str, Any]:
     """TRL's GRPOTrainer for `args.steps` optimizer steps; `after_step()` runs after each (outside TRL's timing)."""
     import numpy as np
-    from transformers import AutoProcessor, TrainerCallback
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from rewards import score_batch
+    from rl.model_parts import freeze_vision_encoder
 
     timing: dict[str, list[float]] = {"loop": [], "compute": [], "generate_score": [], "reward": []}
     history: list[dict[str, float]] = []
@@ -181,7 +189,10 @@ def _run_trl(cfg: Any, args: argparse.Namespace, rows: list[Any], run_dir: Path,
     processor = AutoProcessor.from_pretrained(cfg.model.path)
     processor.image_processor.size = cfg.model.processor_size()  # the pixel limits our engines and learner use
     start = time.perf_counter()
-    trainer = GRPOTrainer(model=cfg.model.path, reward_funcs=grounding, args=config,
+    model = AutoModelForImageTextToText.from_pretrained(cfg.model.path, dtype=torch.float32)
+    if cfg.learner.freeze_vision:  # as our learner: no gradients into the vision encoder, no Adam state for it
+        freeze_vision_encoder(model, "learner.freeze_vision")
+    trainer = GRPOTrainer(model=model, reward_funcs=grounding, args=config,
                           train_dataset=_trl_dataset(rows), processing_class=processor,
                           callbacks=[Alternate()])
     startup = time.perf_counter() - start
@@ -284,7 +295,8 @@ def run(argv: list[str]) -> dict:
     result: dict[str, Any] = {"bench": "step", "ratio": None, "prompts": args.prompts, "group_size": args.group_size,
                               "max_tokens": args.max_tokens, "steps": args.steps, "warmup": args.warmup,
                               "lr": args.lr, "micro_batch": micro, "threads": args.threads,
-                              "dynamic_sampling": args.dynamic_sampling, "trl_error": trl_error}
+                              "dynamic_sampling": args.dynamic_sampling, "off_policy_lag": cfg.grpo.off_policy_lag,
+                              "freeze_vision": cfg.learner.freeze_vision, "trl_error": trl_error}
     if ours is not None:
         result |= _report_ours(ours.summary(args.warmup) | {"old_logprob_pass_s": old_pass}, args)
     if trl is not None:
