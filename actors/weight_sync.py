@@ -80,9 +80,14 @@ def _module(name: str) -> str:
     return name.rsplit(".", 2)[0]
 
 
+def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as a flat uint8 view (a copy only if it is not contiguous)."""
+    return tensor.detach().reshape(-1).view(torch.uint8)
+
+
 def pack(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """Concatenate tensors' bytes into one flat uint8 tensor (one broadcast per bucket)."""
-    return torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8) for t in tensors])
+    return torch.cat([as_bytes(t) for t in tensors])
 
 
 def unpack(flat: torch.Tensor, bucket: Bucket) -> Iterator[tuple[str, torch.Tensor]]:
@@ -154,22 +159,33 @@ class WeightSender:
 
     def send(self, plan: list[Bucket], tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
         """Broadcast `tensors` (in plan order, names checked) bucket by bucket; returns bytes sent.
-        Each tensor is copied into the bucket's buffer as it arrives: a ZeRO-3 source frees a gathered
-        tensor once it gathers the next ones, so nothing may hold on to it."""
-        sent = 0
+        Bucket k+1 is packed while bucket k is in flight (the group's own threads, or NCCL's stream,
+        move it), so at most two buffers are alive; each stays referenced until its Work is done."""
+        sent, in_flight = 0, None
         for bucket in plan:
-            flat = torch.empty(sum(m.nbytes for m in bucket), dtype=torch.uint8, device=self.device)
-            offset = 0
-            for meta in bucket:
-                name, tensor = next(tensors)
-                if name != meta.name or tuple(tensor.shape) != meta.shape:
-                    raise ValueError(f"weights arrive out of plan: got {name} {tuple(tensor.shape)}, "
-                                     f"planned {meta.name} {meta.shape}")
-                flat[offset: offset + meta.nbytes].copy_(pack([tensor]))
-                offset += meta.nbytes
-            self.group.broadcast(flat, 0).wait(self.timeout)
+            flat = self._pack(bucket, tensors)
+            if in_flight is not None:
+                in_flight[1].wait(self.timeout)
+            in_flight = (flat, self.group.broadcast(flat, 0))
             sent += flat.numel()
+        if in_flight is not None:
+            in_flight[1].wait(self.timeout)
         return sent
+
+    def _pack(self, bucket: Bucket, tensors: Iterator[tuple[str, torch.Tensor]]) -> torch.Tensor:
+        """The bucket's tensors, taken from `tensors` and checked against the plan, in one buffer. Each
+        is copied in as it arrives: a ZeRO-3 source frees a gathered tensor once it gathers the next
+        ones, so nothing may hold on to it."""
+        flat = torch.empty(sum(m.nbytes for m in bucket), dtype=torch.uint8, device=self.device)
+        offset = 0
+        for meta in bucket:
+            name, tensor = next(tensors)
+            if name != meta.name or tuple(tensor.shape) != meta.shape:
+                raise ValueError(f"weights arrive out of plan: got {name} {tuple(tensor.shape)}, "
+                                 f"planned {meta.name} {meta.shape}")
+            flat[offset: offset + meta.nbytes].copy_(as_bytes(tensor))
+            offset += meta.nbytes
+        return flat
 
     def close(self) -> None:
         self.group = self.store = None
@@ -188,16 +204,25 @@ class WeightReceiver:
         return rank
 
     def receive_weights(self, wire_plan: list[list[list]]) -> dict[str, str]:
-        """Receive and load every bucket; returns the checksum of every tensor as received."""
+        """Receive and load every bucket; returns the checksum of every tensor as received. The next
+        bucket's receive is posted before this one is checksummed and loaded, so the transfer overlaps
+        the load (two buffers alive at most, each referenced until its Work is done)."""
+        plan = plan_from_wire(wire_plan)
         sums: dict[str, str] = {}
-        for bucket in plan_from_wire(wire_plan):
-            flat = torch.empty(sum(m.nbytes for m in bucket), dtype=torch.uint8, device=self.device)
-            self._sync_group.broadcast(flat, 0).wait(self._sync_timeout)
+        incoming = self._post_receive(plan[0]) if plan else None
+        for k, bucket in enumerate(plan):
+            flat, work = incoming
+            work.wait(self._sync_timeout)
+            incoming = self._post_receive(plan[k + 1]) if k + 1 < len(plan) else None
             named = list(unpack(flat, bucket))
             sums.update(checksum(named))
             with quiet_partial_reload():
                 self.model_runner.reload_weights(weights_iterator=iter(named))
         return sums
+
+    def _post_receive(self, bucket: Bucket) -> tuple[torch.Tensor, Any]:
+        flat = torch.empty(sum(m.nbytes for m in bucket), dtype=torch.uint8, device=self.device)
+        return flat, self._sync_group.broadcast(flat, 0)
 
     def load_safetensors(self, path: str) -> int:
         """Load every `*.safetensors` file of a checkpoint folder in place, a tensor at a time; returns

@@ -67,3 +67,63 @@ def test_partial_reload_warnings_are_quiet_only_while_a_bucket_loads(caplog):
             logger.setLevel(level)
     ours = [r.getMessage() for r in caplog.records if r.name in PARTIAL_RELOAD_LOGGERS]
     assert ours == ["a real error still shows", "after the bucket: shown again"]
+
+
+class _RecordingRunner:
+    """Stands in for vLLM's model runner: records what each `reload_weights` call gets (copies, so a
+    buffer reused or overwritten later would show) and is slow, so buckets queue up in flight."""
+
+    def __init__(self):
+        self.calls: list[list[tuple[str, torch.Tensor]]] = []
+
+    def reload_weights(self, weights_iterator):
+        import time
+
+        time.sleep(0.02)
+        self.calls.append([(name, t.clone()) for name, t in weights_iterator])
+
+
+def test_pipelined_buckets_arrive_in_plan_order_with_the_senders_bytes():
+    """Sender and receiver over a real 2-rank gloo group (threads of this process): with bucket k+1 in
+    flight while bucket k loads, every bucket is loaded once, in plan order, bit for bit."""
+    import threading
+
+    from actors.weight_sync import WeightReceiver, WeightSender
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {f"m.layers.{i}.{kind}.weight": torch.randn(64 + i, 32, generator=gen).to(dtype)
+               for i in range(6) for kind, dtype in (("mlp.up_proj", torch.float32), ("norm", torch.bfloat16))}
+    metas = [_meta(n, *t.shape, dtype=str(t.dtype).removeprefix("torch.")) for n, t in tensors.items()]
+    plan = plan_buckets(metas, bucket_mb=0.01)  # 10 KB: every 4-9 KB tensor (its own module) travels alone
+    assert len(plan) == 12
+
+    sender = WeightSender("127.0.0.1", 2, "gloo", timeout_s=30, device="cpu")
+    receiver = WeightReceiver()
+    receiver.rank, receiver.device, receiver.model_runner = 0, torch.device("cpu"), _RecordingRunner()
+    sent: list[int] = []
+    connect = threading.Thread(target=sender.connect)
+    connect.start()
+    receiver.init_weight_sync("127.0.0.1", sender.port, 1, 2, "gloo", timeout_s=30)
+    connect.join()
+    send = threading.Thread(target=lambda: sent.append(sender.send(plan, iter(tensors.items()))))
+    send.start()
+    sums = receiver.receive_weights([[[m.name, list(m.shape), m.dtype] for m in b] for b in plan])
+    send.join()
+
+    assert sent == [sum(m.nbytes for m in metas)]
+    assert [[name for name, _ in call] for call in receiver.model_runner.calls] == [[m.name for m in b] for b in plan]
+    for name, got in (pair for call in receiver.model_runner.calls for pair in call):
+        assert got.dtype == tensors[name].dtype and torch.equal(got, tensors[name]), name
+    assert sums == checksum(tensors.items())
+
+
+def test_the_sender_refuses_weights_out_of_plan_order():
+    import pytest
+
+    from actors.weight_sync import WeightSender
+
+    metas = [_meta("a.x.weight", 4), _meta("b.y.weight", 4)]
+    sender = WeightSender("127.0.0.1", 1, "gloo", timeout_s=5, device="cpu")
+    sender.connect()
+    with pytest.raises(ValueError, match="out of plan: got b.y.weight"):
+        sender.send(plan_buckets(metas, 1), iter([("b.y.weight", torch.zeros(4)), ("a.x.weight", torch.zeros(4))]))
