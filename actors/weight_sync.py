@@ -3,9 +3,11 @@
 Transport: one torch process group spanning the sender (learner rank 0) and every rollout engine's
 worker process(es), built from a TCPStore the sender hosts. Its backend comes from the platform
 layer: gloo on CPU, nccl on CUDA (RCCL on ROCm, same name). Each bucket travels as one flat uint8
-tensor in a single broadcast, so peak extra memory is one bucket on each side, and receivers load
-it at once with vLLM's in-place `reload_weights(weights_iterator=...)` (vLLM maps HF names to its
-fused layout, e.g. q/k/v_proj -> qkv_proj, and shards for tensor parallelism as it loads).
+tensor in a single broadcast and receivers load it at once with vLLM's in-place
+`reload_weights(weights_iterator=...)` (vLLM maps HF names to its fused layout, e.g. q/k/v_proj ->
+qkv_proj, and shards for tensor parallelism as it loads). Buckets are pipelined: the sender packs
+bucket k+1 while bucket k is in flight, and each receiver posts bucket k+1's receive before it loads
+bucket k, so peak extra memory is two buckets on each side.
 
 Why not vLLM's native `vllm.distributed.weight_transfer`: its engines are NCCL (PyNccl) and CUDA
 IPC, neither of which runs on CPU, where every test of ours runs; a torch process group gives one
