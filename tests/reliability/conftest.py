@@ -40,9 +40,9 @@ class Run:
         self.before_step: Callable[[int], None] = lambda step: None
         collect, sync = self.trainer.collect, self.trainer._sync
 
-        def recorded_collect(timings: dict[str, float]) -> Any:
+        def recorded_collect(timings: dict[str, float], step: int) -> Any:
             self.before_step(self.trainer.step + 1)
-            batch = collect(timings)
+            batch = collect(timings, step)
             self.prompts.append([str(row.image) for row in batch.rows])
             return batch
 
