@@ -4,6 +4,9 @@
     dynamic-sampling filter (rl/grpo.py; refill from the next prompts, bounded) -> learner update
     (LearnerGroup, DeepSpeed) -> weight sync (every engine holds the new version) -> metrics -> checkpoint.
 
+With `grpo.off_policy_lag: 1` the update runs on a background thread while the next step's prompts go
+through rollouts and rewards (sampled one policy version behind), and the sync waits for both.
+
 Held-out metrics (greedy answers on the val split) are printed before the first and after the last step.
 """
 
