@@ -58,7 +58,6 @@ class Collected:
     truncated: int = 0  # responses cut at rollout.max_tokens
     nonfinite: str | None = None  # why the step must not update: a NaN/inf among the rewards
     version: int = 0  # the oldest policy version the kept samples came from
-    version_lag: int = 0  # learner version at the update minus `version`
 
 
 class GRPOTrainer:
@@ -189,7 +188,6 @@ class GRPOTrainer:
         """The learners' update on `batch`; the learner version then counts one more (even when a
         non-finite value skipped it: the step still happened)."""
         mark = time.perf_counter()
-        batch.version_lag = self.version - batch.version
         # A NaN/inf anywhere upstream of the weights skips the update (the learners check loss and
         # gradients themselves, on every rank); several in a row stop the run.
         skip = batch.nonfinite or nonfinite("advantages", [s.advantage for s in batch.samples])
@@ -354,7 +352,8 @@ class GRPOTrainer:
                 "batch/sequences": float(len(batch.samples)),
                 "response/length_mean": batch.response_tokens / max(len(batch.samples), 1),
                 "response/truncated_frac": batch.truncated / max(len(batch.samples), 1),
-                "policy/version": float(self.version), "policy/version_lag": float(batch.version_lag),
+                # The update made `version`; the samples it trained on were drawn from `batch.version`.
+                "policy/version": float(self.version), "policy/version_lag": float(self.version - 1 - batch.version),
                 "time/step": total, "time/sync_gb_per_s": sync_gbps,
                 "faults/restarts": float(self.restarts.total), "faults/nonfinite_skipped": float(self.nonfinite.total),
                 "faults/chaos_kills": float(len(self.chaos.kills)),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from actors.weight_sync import TensorMeta, checksum, pack, plan_buckets, unpack
+from actors.weight_sync import TensorMeta, checksum, pack, plan_buckets, plan_to_wire, unpack
 
 
 def _meta(name, *shape, dtype="float32"):
@@ -107,7 +108,7 @@ def test_pipelined_buckets_arrive_in_plan_order_with_the_senders_bytes():
     connect.join()
     send = threading.Thread(target=lambda: sent.append(sender.send(plan, iter(tensors.items()))))
     send.start()
-    sums = receiver.receive_weights([[[m.name, list(m.shape), m.dtype] for m in b] for b in plan])
+    sums = receiver.receive_weights(plan_to_wire(plan))
     send.join()
 
     assert sent == [sum(m.nbytes for m in metas)]
@@ -118,8 +119,6 @@ def test_pipelined_buckets_arrive_in_plan_order_with_the_senders_bytes():
 
 
 def test_the_sender_refuses_weights_out_of_plan_order():
-    import pytest
-
     from actors.weight_sync import WeightSender
 
     metas = [_meta("a.x.weight", 4), _meta("b.y.weight", 4)]
