@@ -4,6 +4,7 @@ weight sync): under `ray job submit` against a real head, and resumed mid-run to
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,15 +41,65 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_jobs_api(ray: str, dashboard: int, env: dict, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
+def _jobs_api_up(ray: str, dashboard: int, env: dict, head: subprocess.Popen, timeout_s: float) -> str:
+    """'' once `ray job list` answers on the head's dashboard, else why not (the probe's last error)."""
+    deadline, why = time.monotonic() + timeout_s, "no probe ran"
     while time.monotonic() < deadline:
-        probe = subprocess.run([ray, "job", "list", f"--address=http://127.0.0.1:{dashboard}"], env=env,
-                               capture_output=True, timeout=60)
+        if head.poll() is not None:
+            return f"`ray start --head` exited with {head.returncode}"
+        try:
+            probe = subprocess.run([ray, "job", "list", f"--address=http://127.0.0.1:{dashboard}"], env=env,
+                                   capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            why = "`ray job list` hung for 60 s"
+            continue
         if probe.returncode == 0:
-            return
+            return ""
+        why = (probe.stderr or probe.stdout).strip()[-500:]
         time.sleep(2)
-    raise TimeoutError(f"the Ray head's job API on port {dashboard} did not come up within {timeout_s:.0f} s")
+    return f"no answer within {timeout_s:.0f} s; last probe: {why}"
+
+
+@contextmanager
+def _ray_head(ray: str, env: dict, log_dir: Path, attempts: int = 2, timeout_s: float = 240) -> Iterator[int]:
+    """A Ray head of its own on 127.0.0.1 (beside this session's `ray_cluster`); yields its dashboard port.
+
+    Every fixed default port gets a free one: another Ray on the machine (this session's own) already
+    holds the agent's 52365, and a head whose job agent cannot bind accepts jobs through its API but never
+    runs them ("No available agent"), then dies with the agent. A free port can still be taken between
+    the probe and the head's bind, and a head on a loaded 2-core box can come up slowly: a head whose job
+    API does not answer is stopped and a fresh one, on fresh ports, tried once more. The failure names
+    the probe's last error and the head's own log."""
+    failures = []
+    for attempt in range(attempts):
+        port, dashboard = _free_port(), _free_port()
+        ports = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                         "metrics-export-port", "runtime-env-agent-port",
+                                                         "ray-client-server-port")]
+        short_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 107 chars
+        log = log_dir / f"ray-head-{attempt}.log"
+        # --block keeps `ray start` in the foreground owning the head's processes: terminating its process
+        # group stops this head only (`ray stop` would stop every Ray on the machine, the session's too).
+        with log.open("w") as out:
+            head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                                     f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                                     "--num-cpus=8", *ports, "--disable-usage-stats", f"--temp-dir={short_tmp}"],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            why = _jobs_api_up(ray, dashboard, env, head, timeout_s)
+            if not why:
+                yield dashboard
+                return
+            dashboard_log = Path(short_tmp) / "session_latest" / "logs" / "dashboard.log"
+            tail = dashboard_log.read_text(errors="replace")[-1500:] if dashboard_log.is_file() else "(none)"
+            failures.append(f"attempt {attempt + 1}: {why}\n  head: {log.read_text(errors='replace')[-1500:]}"
+                            f"\n  dashboard.log: {tail}")
+        finally:
+            if head.poll() is None:
+                os.killpg(head.pid, signal.SIGTERM)
+                head.wait(timeout=120)
+            shutil.rmtree(short_tmp, ignore_errors=True)
+    raise TimeoutError("the Ray head's job API did not come up:\n" + "\n".join(failures))
 
 
 def _scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -62,23 +115,10 @@ def test_ray_job_submit_runs_the_smoke_config_as_is(tiny_model_dir, tmp_path):
     """`conf/smoke.yaml` unchanged but for where its outputs go (and the cached tiny model / data): SFT,
     then 6 GRPO steps with checkpoints, through `ray job submit` against a head started by hand."""
     ray = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # what our cluster launchers turn on
-    port, dashboard = _free_port(), _free_port()
-    # Every fixed default port gets a free one: another Ray on the machine (this session's own, from
-    # ray_cluster) already holds the agent's 52365, and a head whose job agent cannot bind accepts jobs
-    # through its API but never runs them ("No available agent"), then dies with the agent.
-    ports = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                     "metrics-export-port", "runtime-env-agent-port",
-                                                     "ray-client-server-port")]
-    short_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # Ray's socket paths must stay under 107 chars
-    # --block keeps `ray start` in the foreground owning the head's processes: terminating its process
-    # group stops this head only (`ray stop` would stop every Ray on the machine, the session's too).
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=8",
-                             *ports, "--disable-usage-stats", f"--temp-dir={short_tmp}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        _wait_for_jobs_api(ray, dashboard, env)
+    # What our cluster launchers turn on, with a token of its own as launch/slurm/grpo.sbatch makes one: a
+    # fresh machine has no ~/.ray/auth_token, and a token head without one does not start.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    with _ray_head(ray, env, tmp_path) as dashboard:
         for _ in range(30):  # the head's job agent may come up a little after its job API
             job = subprocess.run(
                 [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
@@ -90,10 +130,6 @@ def test_ray_job_submit_runs_the_smoke_config_as_is(tiny_model_dir, tmp_path):
             if "No available agent" not in job.stderr + job.stdout:
                 break
             time.sleep(2)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=120)
-        shutil.rmtree(short_tmp, ignore_errors=True)
     assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
     assert "held-out after GRPO" in job.stdout and (tmp_path / "sft" / "model.safetensors").is_file()
     assert [p.name for p in checkpoint.complete(tmp_path / "ckpt")] == ["step-000003", "step-000006"]
