@@ -31,6 +31,7 @@ from actors.learner_batch import (
     MicroBatch,
     PolicyLogprobs,
     TrainSample,
+    check_shared_prompt_attention,
     micro_batch_loss,
     micro_batches,
     nonfinite_names,
@@ -113,7 +114,8 @@ class Learner(WeightSource, Locatable):
         self.dtype = getattr(torch, self.platform.dtype(self.cfg.model.dtype))
         mc = self.cfg.model
         self.hf_config = AutoConfig.from_pretrained(mc.path, trust_remote_code=mc.trust_remote_code)
-        self.collate = Collator(mc.path, mc.processor_size(), self.hf_config, mc.trust_remote_code)
+        self.collate = Collator(mc.path, mc.processor_size(), self.hf_config, mc.trust_remote_code,
+                                share_prompts=self.cfg.learner.share_prompts)
         self.ds_config = self._ds_config()
         self.engine = self._engine(train=True)
         if self.cfg.grpo.kl_coef > 0:
@@ -161,6 +163,8 @@ class Learner(WeightSource, Locatable):
         policy = AutoModelForImageTextToText.from_pretrained(mc.path, dtype=self.dtype,
                                                              trust_remote_code=mc.trust_remote_code)
         del ds_hf
+        if lc.share_prompts:
+            check_shared_prompt_attention(policy)
         temperature = self.cfg.rollout.temperature or 1.0  # the distribution the engine sampled from
         module = PolicyLogprobs(policy, temperature, lc.logprob_chunk_size)
         if not train:

@@ -89,9 +89,26 @@ class PolicyLogprobs(nn.Module):
     def forward(self, inputs: dict[str, Tensor], positions: Tensor, targets: Tensor,
                 with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:  # [M], [M] | None
         self._vision_types = inputs["mm_token_type_ids"]
+        if "segments" in inputs:
+            inputs = self._shared_prompt_inputs(dict(inputs))
         hidden = self.policy.model(**inputs, use_cache=False).last_hidden_state  # [b, S, H]
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [M, H]
         return token_logprobs(hidden, targets, self.policy.lm_head, self.temperature, self.chunk_size, with_entropy)
+
+    def _shared_prompt_inputs(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Rows packed by `Collator(share_prompts=True)`: M-RoPE positions of the row as one sequence
+        (the model's own `get_rope_index`), each response moved back to start right after the prompt,
+        and the 4D `shared_prefix_mask` in place of the padding mask (transformers passes a 4D mask
+        through as is: boolean for SDPA, additive for eager attention)."""
+        segments, shift = inputs.pop("segments"), inputs.pop("position_shift")  # [b, S] each
+        positions, _ = self.policy.model.get_rope_index(
+            inputs["input_ids"], inputs["mm_token_type_ids"], inputs.get("image_grid_thw"),
+            attention_mask=inputs["attention_mask"])  # [3, b, S]
+        mask = shared_prefix_mask(segments)  # [b, 1, S, S]
+        if self.policy.config.get_text_config()._attn_implementation == "eager":
+            dtype = self.policy.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return inputs | {"position_ids": positions - shift[None], "attention_mask": mask}
 
 
 def micro_batch_loss(batch: MicroBatch, logp_flat: Tensor, entropy: Tensor | None, g: GRPOConfig, max_len: int,
@@ -128,10 +145,18 @@ class Collator:
     """TrainSamples -> MicroBatch. The image goes through the model's own image processor with the
     configured pixel limits (`ModelConfig.processor_size()`, the same the rollout engine used), so
     `pixel_values` / `image_grid_thw` give exactly as many image features as the prompt has image
-    tokens; a mismatch is an error naming the sample, not a silent shape failure inside the model."""
+    tokens; a mismatch is an error naming the sample, not a silent shape failure inside the model.
+
+    With `share_prompts`, the samples of one prompt (a GRPO group: same prompt ids, same image) share
+    one row: the prompt once, then each response after it, `[prompt | resp_1 | resp_2 | ...]`. Each
+    response attends to the prompt and to itself only (`shared_prefix_mask`) and keeps the positions
+    it has alone (`position_shift`), so every log-prob equals the unshared one while the prompt and
+    its image go through the model once per group instead of G times (the "shared-prefix forward" of
+    Prefix Grouper, arXiv 2506.05433). For G=4 answers of 32 tokens after a ~120-token prompt that is
+    253 tokens per group instead of 608."""
 
     def __init__(self, model_path: str, processor_size: dict[str, int], hf_config: Any,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, share_prompts: bool = False):
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
@@ -140,6 +165,7 @@ class Collator:
         self.image_token_id = hf_config.image_token_id
         self.video_token_id = hf_config.video_token_id
         self.merge = hf_config.vision_config.spatial_merge_size
+        self.share_prompts = share_prompts
         pad = getattr(processor.tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else 0  # padded positions are masked out; any id works
 
@@ -148,31 +174,55 @@ class Collator:
         out = self.image_processor(images=images, size=self.size, return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
 
+    def rows(self, samples: Sequence[TrainSample]) -> list[list[int]]:
+        """Indices of the samples each model row holds: one row per sample, or, sharing prompts, one per
+        distinct (prompt, image) in order of first appearance."""
+        if not self.share_prompts:
+            return [[i] for i in range(len(samples))]
+        rows: dict[tuple, list[int]] = {}
+        for i, s in enumerate(samples):
+            rows.setdefault((tuple(s.prompt_ids), s.image), []).append(i)
+        return list(rows.values())
+
     def __call__(self, samples: Sequence[TrainSample], weight: float = 1.0) -> MicroBatch:
-        vision = self.images([s.image for s in samples])
+        rows = self.rows(samples)
+        vision = self.images([samples[row[0]].image for row in rows])
         features = (vision["image_grid_thw"].prod(dim=-1) // self.merge**2).tolist()
-        for i, (s, n) in enumerate(zip(samples, features, strict=True)):
-            tokens = s.prompt_ids.count(self.image_token_id)
+        for row, n in zip(rows, features, strict=True):
+            tokens = samples[row[0]].prompt_ids.count(self.image_token_id)
             if tokens != n:
-                raise ValueError(f"sample {i} ({s.image}): prompt has {tokens} image tokens but the processor gives "
-                                 f"{n} image features; rollout and learner must use the same model.min/max_pixels")
+                raise ValueError(f"sample {row[0]} ({samples[row[0]].image}): prompt has {tokens} image tokens but "
+                                 f"the processor gives {n} image features; rollout and learner must use the same "
+                                 "model.min/max_pixels")
+        for i, s in enumerate(samples):
             if not s.response_ids:
                 raise ValueError(f"sample {i} ({s.image}): empty response")
-        seqs = [s.prompt_ids + s.response_ids for s in samples]
-        width = max(map(len, seqs))
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        types = torch.zeros((len(seqs), width), dtype=torch.long)  # 1 image slot, 2 video slot, 0 text
-        positions, targets = [], []
-        for i, (s, seq) in enumerate(zip(samples, seqs, strict=True)):
-            input_ids[i, :len(seq)] = torch.as_tensor(seq)
-            attention[i, :len(seq)] = 1
+        prompts = [samples[row[0]].prompt_ids for row in rows]
+        width = max(len(p) + sum(len(samples[i].response_ids) for i in row)
+                    for p, row in zip(prompts, rows, strict=True))
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long)  # 1 image slot, 2 video slot, 0 text
+        segments = torch.full((len(rows), width), -1, dtype=torch.long)  # 0 prompt, k response k, -1 padding
+        shift = torch.zeros((len(rows), width), dtype=torch.long)  # response k: its start - the prompt's end
+        where = [torch.empty(0, dtype=torch.long)] * len(samples)  # per sample: flat indices predicting it
+        for r, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
+            p = torch.as_tensor(prompt)
+            input_ids[r, :len(p)] = p
+            segments[r, :len(p)] = 0
             # Slots are in the prompt only: a vision token the policy sampled is text to it, as to vLLM.
-            prompt = torch.as_tensor(s.prompt_ids)
-            types[i, :len(prompt)] = (prompt == self.image_token_id).long() + 2 * (prompt == self.video_token_id).long()
-            start = i * width + len(s.prompt_ids) - 1  # the hidden state at t-1 predicts token t
-            positions.append(torch.arange(start, start + len(s.response_ids)))
-            targets.extend(s.response_ids)
+            types[r, :len(p)] = (p == self.image_token_id).long() + 2 * (p == self.video_token_id).long()
+            start = len(p)
+            for k, i in enumerate(row, start=1):
+                response = samples[i].response_ids
+                end = start + len(response)
+                input_ids[r, start:end] = torch.as_tensor(response)
+                segments[r, start:end] = k
+                shift[r, start:end] = start - len(p)
+                # The hidden state at t-1 predicts token t; a response's first token, the prompt's last.
+                where[i] = r * width + torch.cat([torch.tensor([len(p) - 1]), torch.arange(start, end - 1)])
+                start = end
+            attention[r, :start] = 1
         lengths = [len(s.response_ids) for s in samples]
         t = max(lengths)
 
@@ -186,13 +236,40 @@ class Collator:
                                      f"response tokens (give it for every sample of the batch or for none)")
             return padded(values, t)
 
+        inputs = {"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": types, **vision}
+        if self.share_prompts:
+            inputs |= {"segments": segments, "position_shift": shift}
         return MicroBatch(
-            inputs={"input_ids": input_ids, "attention_mask": attention, "mm_token_type_ids": types, **vision},
-            positions=torch.cat(positions), targets=torch.as_tensor(targets, dtype=torch.long), lengths=lengths,
+            inputs=inputs, positions=torch.cat(where), targets=torch.as_tensor(
+                [tok for s in samples for tok in s.response_ids], dtype=torch.long), lengths=lengths,
             mask=padded([[1.0] * n for n in lengths], t), advantages=torch.tensor([s.advantage for s in samples]),
             old_logprobs=optional("old_logprobs"), ref_logprobs=optional("ref_logprobs"),
             sampling_logprobs=optional("sampling_logprobs"), weight=weight,
         )
+
+
+def check_shared_prompt_attention(policy: nn.Module) -> None:
+    """Shared-prompt rows need an attention that takes a custom 4D mask: SDPA or eager, not
+    flash-attention's varlen kernels. An error naming the key, at start-up, not mid-step."""
+    impl = policy.config.get_text_config()._attn_implementation
+    if impl not in ("sdpa", "eager"):
+        raise ValueError(f"learner.share_prompts needs sdpa or eager attention, but the model uses {impl!r}: "
+                         "set learner.share_prompts=false, or load the model with sdpa")
+
+
+def shared_prefix_mask(segments: Tensor) -> Tensor:  # [b, S] -> [b, 1, S, S] bool, True = may attend
+    """Attention mask of rows `[prompt | resp_1 | resp_2 | ...]` (`segments`: 0 prompt, k response k,
+    -1 padding): query i sees key j iff j <= i and j is in the prompt or in i's own response,
+
+        M[i, j] = (j <= i) & (seg[j] == 0 | seg[j] == seg[i]) & (seg[i] >= 0) & (seg[j] >= 0).
+
+    A padding query sees itself only (a row with no key would give NaN softmax; its output is unused)."""
+    seg_q, seg_k = segments[:, :, None], segments[:, None, :]  # [b, S, 1], [b, 1, S]
+    n = segments.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=segments.device).tril()  # [S, S]
+    visible = causal & ((seg_k == 0) | (seg_k == seg_q)) & (seg_k >= 0) & (seg_q >= 0)  # [b, S, S]
+    visible |= torch.eye(n, dtype=torch.bool, device=segments.device) & (seg_q < 0)
+    return visible[:, None]
 
 
 # ---------------------------------------------------------------- splitting a batch

@@ -70,8 +70,9 @@ class PlainLoop:
         torch.manual_seed(cfg.seed)
         self.cfg = cfg
         mc, lc = cfg.model, cfg.learner
+        # The same rows as the learner's (learner.share_prompts): the bench measures the plumbing.
         self.collate = Collator(mc.path, mc.processor_size(), AutoConfig.from_pretrained(mc.path),
-                                mc.trust_remote_code)
+                                mc.trust_remote_code, share_prompts=lc.share_prompts)
         policy = AutoModelForImageTextToText.from_pretrained(mc.path, dtype=torch.float32)
         self.model = PolicyLogprobs(policy, cfg.rollout.temperature or 1.0, lc.logprob_chunk_size).train()
         if lc.freeze_vision:  # the learner's own choice of trainable weights and optimizer groups

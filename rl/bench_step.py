@@ -296,7 +296,8 @@ def run(argv: list[str]) -> dict:
                               "max_tokens": args.max_tokens, "steps": args.steps, "warmup": args.warmup,
                               "lr": args.lr, "micro_batch": micro, "threads": args.threads,
                               "dynamic_sampling": args.dynamic_sampling, "off_policy_lag": cfg.grpo.off_policy_lag,
-                              "freeze_vision": cfg.learner.freeze_vision, "trl_error": trl_error}
+                              "freeze_vision": cfg.learner.freeze_vision, "share_prompts": cfg.learner.share_prompts,
+                              "trl_error": trl_error}
     if ours is not None:
         result |= _report_ours(ours.summary(args.warmup) | {"old_logprob_pass_s": old_pass}, args)
     if trl is not None:

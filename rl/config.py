@@ -144,6 +144,10 @@ class LearnerConfig(Section):
     adam_beta2: float = Field(default=0.999, ge=0, lt=1)
     adam_eps: float = Field(default=1e-8, gt=0)
     cpus_per_learner: int = Field(default=1, ge=1)  # Ray CPU reservation and torch threads per learner
+    # A GRPO group's G samples share one row: prompt and image once, each response after it, a 4D
+    # mask keeping responses apart (actors.learner_batch.Collator). Same log-probs, fewer tokens; needs
+    # SDPA or eager attention (a custom mask), checked when the learner loads the model.
+    share_prompts: bool = True
     logprob_chunk_size: int = Field(default=1024, ge=1)  # tokens per [chunk, vocab] logits block
 
 
