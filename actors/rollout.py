@@ -259,15 +259,17 @@ class RolloutWorker(Locatable):
         return self._hold(version)
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
-                         timeout_s: float) -> list[int]:
-        """Join the weight-sync group (actors/weight_sync.py); returns the ranks of the engine's workers."""
+                         timeout_s: float, probe: tuple[str, str] | None = None) -> list[tuple[int, bool]]:
+        """Join the weight-sync group (actors/weight_sync.py); returns, per engine worker, its rank and
+        whether it sees the sender's shared-memory probe."""
         return self.engine.collective_rpc("init_weight_sync",
-                                          args=(host, port, rank_offset, world_size, backend, timeout_s))
+                                          args=(host, port, rank_offset, world_size, backend, timeout_s, probe))
 
-    def receive_weights(self, wire_plan: list, version: int) -> dict[str, str]:
-        """Receive a sync's buckets into the engine, hold `version`; returns per-tensor checksums as
-        received (tensor-parallel workers each receive full tensors: the first's sums stand for all)."""
-        sums = self.engine.collective_rpc("receive_weights", args=(wire_plan,))
+    def receive_weights(self, wire_plan: list, version: int, shared_path: str | None = None) -> dict[str, str]:
+        """Receive a sync's buckets into the engine (from shared memory at `shared_path`, if given), hold
+        `version`; returns per-tensor checksums as received (tensor-parallel workers each receive full
+        tensors: the first's sums stand for all)."""
+        sums = self.engine.collective_rpc("receive_weights", args=(wire_plan, shared_path))
         self._hold(version)
         return sums[0]
 

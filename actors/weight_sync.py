@@ -3,7 +3,9 @@
 Transport: one torch process group spanning the sender (learner rank 0) and every rollout engine's
 worker process(es), built from a TCPStore the sender hosts. Its backend comes from the platform
 layer: gloo on CPU, nccl on CUDA (RCCL on ROCm, same name). Each bucket travels as one flat uint8
-tensor in a single broadcast and receivers load it at once with vLLM's in-place
+tensor, in a single broadcast, or, when every engine shares the sender's node, through two
+shared-memory slots with a one-element all-reduce per bucket as the handshake
+(`actors/sync_transport.py`; `weight_sync.transport`). Receivers load it at once with vLLM's in-place
 `reload_weights(weights_iterator=...)` (vLLM maps HF names to its fused layout, e.g. q/k/v_proj ->
 qkv_proj, and shards for tensor parallelism as it loads). Buckets are pipelined: the sender packs
 bucket k+1 while bucket k is in flight, and each receiver posts bucket k+1's receive before it loads
@@ -35,6 +37,7 @@ import torch.distributed as dist
 import xxhash
 
 from actors.remote import ActorCallError, gather, reachable_host
+from actors.sync_transport import Probe, SharedSlots, choose_transport, process_group, sees_probe, tick
 from rl.platform import Platform
 
 EXTENSION = "actors.weight_sync.WeightReceiver"
@@ -75,6 +78,10 @@ def plan_buckets(metas: Iterable[TensorMeta], bucket_mb: float) -> list[Bucket]:
     if current:
         buckets.append(tuple(current))
     return buckets
+
+
+def bucket_bytes(bucket: Bucket) -> int:
+    return sum(m.nbytes for m in bucket)
 
 
 def _module(name: str) -> str:
@@ -123,16 +130,6 @@ def iter_safetensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]
                 yield name, f.get_tensor(name)
 
 
-def process_group(store: dist.Store, rank: int, world_size: int, backend: str, timeout_s: float):
-    """A process group of its own (never the default one, which vLLM and DeepSpeed use)."""
-    timeout = timedelta(seconds=timeout_s)
-    if backend == "gloo":
-        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
-    options = dist.ProcessGroupNCCL.Options()
-    options._timeout = timeout
-    return dist.ProcessGroupNCCL(store, rank, world_size, options)
-
-
 def plan_to_wire(plan: list[Bucket]) -> list[list[list]]:
     """Plain lists for RPCs into vLLM's workers (which carry simple types intact, not objects)."""
     return [[[m.name, list(m.shape), m.dtype] for m in bucket] for bucket in plan]
@@ -148,21 +145,32 @@ class WeightSender:
     Two steps because joining is collective: construct (opens the store; `port` is then known and
     handed to the receivers), then `connect()` while the receivers join."""
 
-    def __init__(self, host: str, world_size: int, backend: str, timeout_s: float, device: str):
+    def __init__(self, host: str, world_size: int, backend: str, timeout_s: float, device: str,
+                 shm_dir: str | None = None):
+        """`shm_dir`: where to offer the shared-memory path (a probe file the receivers look for)."""
         self.host, self.world_size, self.backend, self.device = host, world_size, backend, device
         self.timeout_s, self.timeout = timeout_s, timedelta(seconds=timeout_s)
         self.store = dist.TCPStore(host, 0, world_size, is_master=True, timeout=self.timeout,
                                    wait_for_workers=False)
         self.port = self.store.port
         self.group = None
+        self.probe = Probe(shm_dir) if shm_dir else None
+        self.slots: SharedSlots | None = None
 
     def connect(self) -> None:
-        self.group = process_group(self.store, 0, self.world_size, self.backend, self.timeout_s)
+        try:
+            self.group = process_group(self.store, 0, self.world_size, self.backend, self.timeout_s)
+        finally:  # every receiver has read the probe before it joined
+            if self.probe is not None:
+                self.probe.remove()
 
-    def send(self, plan: list[Bucket], tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
-        """Broadcast `tensors` (in plan order, names checked) bucket by bucket; returns bytes sent.
-        Bucket k+1 is packed while bucket k is in flight (the group's own threads, or NCCL's stream,
-        move it), so at most two buffers are alive; each stays referenced until its Work is done."""
+    def send(self, plan: list[Bucket], tensors: Iterator[tuple[str, torch.Tensor]], shared: bool = False) -> int:
+        """Send `tensors` (in plan order, names checked) bucket by bucket; returns bytes sent.
+        Broadcast: bucket k+1 is packed while bucket k is in flight (the group's own threads, or NCCL's
+        stream, move it), so at most two buffers are alive; each stays referenced until its Work is done.
+        `shared`: through the shared-memory slots (`actors/sync_transport.py`)."""
+        if shared:
+            return self._send_shared(plan, tensors)
         sent, in_flight = 0, None
         for bucket in plan:
             flat = self._pack(bucket, tensors)
@@ -174,11 +182,27 @@ class WeightSender:
             in_flight[1].wait(self.timeout)
         return sent
 
-    def _pack(self, bucket: Bucket, tensors: Iterator[tuple[str, torch.Tensor]]) -> torch.Tensor:
-        """The bucket's tensors, taken from `tensors` and checked against the plan, in one buffer. Each
-        is copied in as it arrives: a ZeRO-3 source frees a gathered tensor once it gathers the next
-        ones, so nothing may hold on to it."""
-        flat = torch.empty(sum(m.nbytes for m in bucket), dtype=torch.uint8, device=self.device)
+    def _send_shared(self, plan: list[Bucket], tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
+        """Pack bucket k into slot k % 2, then tick: the tick returns once every receiver has loaded
+        bucket k-1, which frees slot (k+1) % 2 for the next bucket while they load bucket k."""
+        first = self.slots is None
+        if first:
+            self.slots = SharedSlots(self.probe.slots_path, max(bucket_bytes(b) for b in plan), create=True)
+        for k, bucket in enumerate(plan):
+            self._pack(bucket, tensors, self.slots.slot(k, bucket_bytes(bucket)))
+            tick(self.group, self.device, self.timeout)
+        tick(self.group, self.device, self.timeout)  # every receiver has loaded the last bucket
+        if first:  # and mapped the file at its first bucket
+            self.slots.unlink()
+        return sum(bucket_bytes(b) for b in plan)
+
+    def _pack(self, bucket: Bucket, tensors: Iterator[tuple[str, torch.Tensor]],
+              flat: torch.Tensor | None = None) -> torch.Tensor:
+        """The bucket's tensors, taken from `tensors` and checked against the plan, in one buffer (`flat`,
+        or a new one). Each is copied in as it arrives: a ZeRO-3 source frees a gathered tensor once it
+        gathers the next ones, so nothing may hold on to it."""
+        if flat is None:
+            flat = torch.empty(bucket_bytes(bucket), dtype=torch.uint8, device=self.device)
         offset = 0
         for meta in bucket:
             name, tensor = next(tensors)
@@ -190,40 +214,64 @@ class WeightSender:
         return flat
 
     def close(self) -> None:
-        self.group = self.store = None
+        if self.slots is not None:
+            self.slots.unlink()
+        if self.probe is not None:
+            self.probe.remove()
+        self.group = self.store = self.slots = None
 
 
 class WeightReceiver:
     """vLLM worker extension: joins the sync group and loads each received bucket in place."""
 
     def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
-                         timeout_s: float) -> int:
+                         timeout_s: float, probe: tuple[str, str] | None = None) -> tuple[int, bool]:
+        """Join the group; returns this worker's rank and whether it sees the sender's shared-memory
+        probe (`probe`: its path and token)."""
         # Each tensor-parallel rank of the engine is its own receiver: rank = offset + tp rank.
         rank = rank_offset + self.rank
+        sees = sees_probe(*probe) if probe else False  # before joining: the sender removes it once all joined
         self._sync_timeout = timedelta(seconds=timeout_s)
+        self._sync_slots: SharedSlots | None = None
         store = dist.TCPStore(host, port, world_size, is_master=False, timeout=self._sync_timeout)
         self._sync_group = process_group(store, rank, world_size, backend, timeout_s)
-        return rank
+        return rank, sees
 
-    def receive_weights(self, wire_plan: list[list[list]]) -> dict[str, str]:
+    def receive_weights(self, wire_plan: list[list[list]], shared_path: str | None = None) -> dict[str, str]:
         """Receive and load every bucket; returns the checksum of every tensor as received. The next
         bucket's receive is posted before this one is checksummed and loaded, so the transfer overlaps
-        the load (two buffers alive at most, each referenced until its Work is done)."""
+        the load (two buffers alive at most, each referenced until its Work is done). `shared_path`:
+        read the buckets in place from the sender's shared-memory slots instead."""
         plan = plan_from_wire(wire_plan)
+        if shared_path is not None:
+            return self._receive_shared(plan, shared_path)
         sums: dict[str, str] = {}
         incoming = self._post_receive(plan[0]) if plan else None
         for k, bucket in enumerate(plan):
             flat, work = incoming
             work.wait(self._sync_timeout)
             incoming = self._post_receive(plan[k + 1]) if k + 1 < len(plan) else None
-            named = list(unpack(flat, bucket))
-            sums.update(checksum(named))
-            with quiet_partial_reload():
-                self.model_runner.reload_weights(weights_iterator=iter(named))
+            self._load(unpack(flat, bucket), sums)
         return sums
 
+    def _receive_shared(self, plan: list[Bucket], path: str) -> dict[str, str]:
+        sums: dict[str, str] = {}
+        for k, bucket in enumerate(plan):
+            tick(self._sync_group, self.device, self._sync_timeout)  # bucket k is in its slot
+            if self._sync_slots is None:  # mapped at the first bucket: the file exists by now
+                self._sync_slots = SharedSlots(path, max(bucket_bytes(b) for b in plan), create=False)
+            self._load(unpack(self._sync_slots.slot(k, bucket_bytes(bucket)), bucket), sums)
+        tick(self._sync_group, self.device, self._sync_timeout)  # done with the last one
+        return sums
+
+    def _load(self, tensors: Iterable[tuple[str, torch.Tensor]], sums: dict[str, str]) -> None:
+        named = list(tensors)
+        sums.update(checksum(named))
+        with quiet_partial_reload():
+            self.model_runner.reload_weights(weights_iterator=iter(named))
+
     def _post_receive(self, bucket: Bucket) -> tuple[torch.Tensor, Any]:
-        flat = torch.empty(sum(m.nbytes for m in bucket), dtype=torch.uint8, device=self.device)
+        flat = torch.empty(bucket_bytes(bucket), dtype=torch.uint8, device=self.device)
         return flat, self._sync_group.broadcast(flat, 0)
 
     def load_safetensors(self, path: str) -> int:
@@ -256,7 +304,7 @@ class WeightReceiver:
         return sum(sizes)
 
     def close_weight_sync(self) -> None:
-        self._sync_group = None
+        self._sync_group = self._sync_slots = None
 
 
 # vLLM's in-place reload expects every weight at once and warns, at each bucket, about every weight the
@@ -305,18 +353,21 @@ class WeightSource(ABC):
     def weight_plan(self, bucket_mb: float) -> list[list[list]]:
         return plan_to_wire(plan_buckets(self.weight_metas(), bucket_mb))
 
-    def open_weight_sync(self, host: str, world_size: int, backend: str, timeout_s: float,
-                         device: str) -> tuple[str, int]:
-        """Host the rendezvous; returns the (address, port) receivers dial: on a wildcard `host` this
-        node's IP, so engines on other nodes reach it."""
-        self._sender = WeightSender(host, world_size, backend, timeout_s, device)
-        return reachable_host(host), self._sender.port
+    def open_weight_sync(self, host: str, world_size: int, backend: str, timeout_s: float, device: str,
+                         shm_dir: str | None = None) -> tuple[str, int, tuple[str, str] | None]:
+        """Host the rendezvous; returns the (address, port) receivers dial (on a wildcard `host` this
+        node's IP, so engines on other nodes reach it) and, offering shared memory in `shm_dir`, the
+        probe (path, token) they look for."""
+        self.close_weight_sync()
+        self._sender = WeightSender(host, world_size, backend, timeout_s, device, shm_dir)
+        probe = self._sender.probe
+        return reachable_host(host), self._sender.port, (str(probe.path), probe.token) if probe else None
 
     def connect_weight_sync(self) -> None:
         self._sender.connect()
 
-    def send_weights(self, wire_plan: list[list[list]]) -> dict[str, str]:
-        """Broadcast every bucket; returns the checksum of every tensor sent."""
+    def send_weights(self, wire_plan: list[list[list]], shared: bool = False) -> dict[str, str]:
+        """Send every bucket (`shared`: through shared memory); returns the checksum of every tensor sent."""
         sums: dict[str, str] = {}
 
         def tap() -> Iterator[tuple[str, torch.Tensor]]:
@@ -324,7 +375,7 @@ class WeightSource(ABC):
                 sums.update(checksum([(name, tensor)]))
                 yield name, tensor
 
-        self._sender.send(plan_from_wire(wire_plan), tap())
+        self._sender.send(plan_from_wire(wire_plan), tap(), shared)
         return sums
 
     def send_raw(self, sizes: list[int]) -> int:
@@ -389,11 +440,16 @@ class WeightSync:
     group and runs versioned, checksum-verified syncs. Holds handles only."""
 
     def __init__(self, source: Any, source_name: str, pool: Any, bucket_mb: float, timeout_s: float,
-                 platform: Platform, host: str = "127.0.0.1", peers: Sequence[tuple[str, Any]] = ()):
+                 platform: Platform, host: str = "127.0.0.1", peers: Sequence[tuple[str, Any]] = (),
+                 transport: str = "auto", shm_dir: str = "/dev/shm"):
         """`peers`: (name, handle) of actors that must iterate the weights with the source (the other
-        ZeRO-3 learner ranks, whose shards the source gathers)."""
+        ZeRO-3 learner ranks, whose shards the source gathers). `transport`: auto | collective |
+        shared_memory (`weight_sync.transport`, decided at each `connect`)."""
         self.source, self.source_name, self.pool, self.peers = source, source_name, pool, list(peers)
         self.bucket_mb, self.timeout_s, self.platform, self.host = bucket_mb, timeout_s, platform, host
+        self.requested, self.shm_dir = transport, shm_dir
+        self.transport = "collective"  # what the last connect chose
+        self.shared_path: str | None = None  # the slots file, when it chose shared memory
         self.plan: list | None = None
         self.last_checksums: dict[str, str] = {}  # what the source sent in the last sync, per tensor
 
@@ -402,13 +458,17 @@ class WeightSync:
         tp = self.pool.tensor_parallel_size
         world = 1 + len(self.pool.workers) * tp
         backend, device = self.platform.dist_backend, self.platform.device_type
-        ((address, port),) = self._wait("open", [self.source.open_weight_sync.remote(
-            self.host, world, backend, self.timeout_s, device)], [self.source_name])
+        offer = self.shm_dir if self.requested != "collective" else None
+        ((address, port, probe),) = self._wait("open", [self.source.open_weight_sync.remote(
+            self.host, world, backend, self.timeout_s, device, offer)], [self.source_name])
         # Ranks: 0 the sender, then each engine's TP workers in pool order, which placement makes node
         # order (actors.placement): a broadcast ring then crosses each node boundary once.
-        joins = [w.init_weight_sync.remote(address, port, 1 + i * tp, world, backend, self.timeout_s)
+        joins = [w.init_weight_sync.remote(address, port, 1 + i * tp, world, backend, self.timeout_s, probe)
                  for i, w in enumerate(self.pool.workers)]
-        self._wait("connect", [self.source.connect_weight_sync.remote(), *joins])
+        _, *joined = self._wait("connect", [self.source.connect_weight_sync.remote(), *joins])
+        sees = [all(seen for _, seen in workers) for workers in joined]
+        self.transport = choose_transport(self.requested, sees, self.pool.labels)
+        self.shared_path = str(Path(probe[0]).with_suffix(".slots")) if self.transport == "shared_memory" else None
         # Listing the weights is not collective (shapes only), so the source alone answers.
         (self.plan,) = self._wait("plan", [self.source.weight_plan.remote(self.bucket_mb)], [self.source_name])
 
@@ -417,9 +477,9 @@ class WeightSync:
         if self.plan is None:
             self.connect()
         start = time.perf_counter()
-        receives = [w.receive_weights.remote(self.plan, version) for w in self.pool.workers]
+        receives = [w.receive_weights.remote(self.plan, version, self.shared_path) for w in self.pool.workers]
         drains = [peer.drain_weights.remote() for _, peer in self.peers]
-        refs = [self.source.send_weights.remote(self.plan), *receives, *drains]
+        refs = [self.source.send_weights.remote(self.plan, self.shared_path is not None), *receives, *drains]
         try:
             sent, *received = self._wait("sync", refs, [self.source_name, *self.pool.labels,
                                                         *(n for n, _ in self.peers)])
@@ -448,7 +508,7 @@ class WeightSync:
         so the next `sync` rebuilds it."""
         engine = EngineView([self.pool.workers[index]], [self.pool.labels[index]], self.pool.tensor_parallel_size)
         stats = WeightSync(self.source, self.source_name, engine, self.bucket_mb, self.timeout_s, self.platform,
-                           self.host, self.peers).sync(version)
+                           self.host, self.peers, self.requested, self.shm_dir).sync(version)
         self.plan = None
         return stats
 

@@ -1,6 +1,7 @@
-"""`python -m rl.bench sync`: seconds and GB/s to sync a model into R vLLM engines (ours: bucketed
-broadcast + in-place load, checksums verified) vs a raw `broadcast` of the same bytes over the same
-process group (no packing, no load), in one run, rounds alternating."""
+"""`python -m rl.bench sync`: seconds and GB/s to sync a model into R vLLM engines (ours: buckets through
+`weight_sync.transport`, shared memory on one node by default, + in-place load, checksums verified) vs a
+raw `broadcast` of the same bytes over the same process group (no packing, no load), in one run, rounds
+alternating."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def run(argv: list[str]) -> dict:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--bucket-mb", type=float, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--transport", choices=["auto", "collective", "shared_memory"], default="auto",
+                        help="ours (weight_sync.transport); the baseline is always a broadcast over the group")
     args = parser.parse_args(argv)
 
     import ray
@@ -40,7 +43,8 @@ def run(argv: list[str]) -> dict:
              logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
     pool = RolloutPool(cfg.model, cfg.rollout, platform=platform.name)
     source = ray.remote(CheckpointSource).options(name="bench-source").remote(str(path))
-    sync = WeightSync(source, "bench-source", pool, args.bucket_mb, cfg.weight_sync.timeout_s, platform)
+    sync = WeightSync(source, "bench-source", pool, args.bucket_mb, cfg.weight_sync.timeout_s, platform,
+                      transport=args.transport, shm_dir=cfg.weight_sync.shm_dir)
     sync.connect()
     sizes = [sum(m.nbytes for m in bucket) for bucket in plan_from_wire(sync.plan)]
 
@@ -67,4 +71,5 @@ def run(argv: list[str]) -> dict:
           f"({nbytes / o / 1e9:.2f} GB/s), raw broadcast {r:.3f} s ({nbytes / r / 1e9:.2f} GB/s)")
     return {"bench": "sync", "ratio": round(r / o, 3), "ours_s": round(o, 4), "raw_broadcast_s": round(r, 4),
             "ours_gb_per_s": round(nbytes / o / 1e9, 3), "raw_gb_per_s": round(nbytes / r / 1e9, 3),
-            "bytes": nbytes, "engines": args.engines, "buckets": len(sizes), "backend": platform.dist_backend}
+            "bytes": nbytes, "engines": args.engines, "buckets": len(sizes), "backend": platform.dist_backend,
+            "transport": sync.transport}

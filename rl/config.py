@@ -153,7 +153,10 @@ class LearnerConfig(Section):
 
 class WeightSyncConfig(Section):
     bucket_mb: int = Field(default=256, gt=0)
+    # auto: shared memory when every engine worker sees the learner's shm_dir (one node), else the
+    # collective broadcast; shared_memory: that or an error naming the engines that cannot.
     transport: Literal["auto", "collective", "shared_memory"] = "auto"
+    shm_dir: str = "/dev/shm"  # tmpfs for the two bucket slots (2 x bucket_mb)
     timeout_s: float = Field(default=120, gt=0)
 
 

@@ -4,6 +4,8 @@ outputs, and a dead receiver named without harming the source. The source here s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from actors.weight_sync import CheckpointSource, WeightSync, WeightSyncError, checksum
@@ -47,22 +49,27 @@ def test_sync_gives_every_engine_the_sources_exact_weights(ray_cluster, rollout_
     from safetensors.torch import load_file
 
     source = _source(ray_cluster, other_checkpoint, "source-seed1")
-    # 0.5 MB buckets: the ~19 MB model travels in many broadcasts, never split inside a module.
+    # 0.5 MB buckets: the ~19 MB model travels in many buckets, never split inside a module. Engines and
+    # source share this machine's /dev/shm, so `auto` takes the shared-memory slots.
     sync = WeightSync(source, "source-seed1", rollout_pool, bucket_mb=0.5, timeout_s=120,
                       platform=get_platform("cpu"))
     stats = sync.sync(version=7)
+    assert sync.transport == "shared_memory" and not Path(sync.shared_path).exists()  # mapped, name removed
     state = load_file(str(other_checkpoint / "model.safetensors"))
     assert stats.bytes == sum(t.numel() * t.element_size() for t in state.values())
     assert len(sync.plan) > 10 and stats.engines == 2
     assert rollout_pool.policy_versions() == [7, 7]
-    received = ray_cluster.get([w.receive_weights.remote(sync.plan, 8) for w in rollout_pool.workers]
-                               + [source.send_weights.remote(sync.plan)])
     expected = checksum(state.items())
-    assert all(sums == expected for sums in received)  # every tensor, bit for bit, on both engines
+    for path in (sync.shared_path, None):  # the same group again: shared memory, then plain broadcasts
+        received = ray_cluster.get([w.receive_weights.remote(sync.plan, 8, path) for w in rollout_pool.workers]
+                                   + [source.send_weights.remote(sync.plan, path is not None)])
+        assert all(sums == expected for sums in received)  # every tensor, bit for bit, on both engines
     assert _pool_greedy(rollout_pool, rows) == _hf_greedy(other_checkpoint, rows)
 
     back = _source(ray_cluster, tiny_model_dir, "source-seed0")
-    WeightSync(back, "source-seed0", rollout_pool, 64, 120, get_platform("cpu")).sync(version=9)
+    collective = WeightSync(back, "source-seed0", rollout_pool, 64, 120, get_platform("cpu"), transport="collective")
+    collective.sync(version=9)
+    assert collective.transport == "collective" and collective.shared_path is None
     assert _pool_greedy(rollout_pool, rows) == _hf_greedy(tiny_model_dir, rows)
 
 

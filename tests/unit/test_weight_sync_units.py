@@ -84,9 +84,12 @@ class _RecordingRunner:
         self.calls.append([(name, t.clone()) for name, t in weights_iterator])
 
 
-def test_pipelined_buckets_arrive_in_plan_order_with_the_senders_bytes():
+@pytest.mark.parametrize("shared", [False, True], ids=["broadcast", "shared_memory"])
+def test_pipelined_buckets_arrive_in_plan_order_with_the_senders_bytes(shared, tmp_path):
     """Sender and receiver over a real 2-rank gloo group (threads of this process): with bucket k+1 in
-    flight while bucket k loads, every bucket is loaded once, in plan order, bit for bit."""
+    flight (or packed into the other shared-memory slot) while bucket k loads, every bucket is loaded
+    once, in plan order, bit for bit: the slow runner copies what it gets only after its sleep, so a
+    slot overwritten too early would show. The shared-memory files are gone after the first sync."""
     import threading
 
     from actors.weight_sync import WeightReceiver, WeightSender
@@ -98,18 +101,21 @@ def test_pipelined_buckets_arrive_in_plan_order_with_the_senders_bytes():
     plan = plan_buckets(metas, bucket_mb=0.01)  # 10 KB: every 4-9 KB tensor (its own module) travels alone
     assert len(plan) == 12
 
-    sender = WeightSender("127.0.0.1", 2, "gloo", timeout_s=30, device="cpu")
+    sender = WeightSender("127.0.0.1", 2, "gloo", timeout_s=30, device="cpu", shm_dir=str(tmp_path) if shared else None)
     receiver = WeightReceiver()
     receiver.rank, receiver.device, receiver.model_runner = 0, torch.device("cpu"), _RecordingRunner()
     sent: list[int] = []
     connect = threading.Thread(target=sender.connect)
     connect.start()
-    receiver.init_weight_sync("127.0.0.1", sender.port, 1, 2, "gloo", timeout_s=30)
+    probe = (str(sender.probe.path), sender.probe.token) if shared else None
+    assert receiver.init_weight_sync("127.0.0.1", sender.port, 1, 2, "gloo", timeout_s=30, probe=probe) == (1, shared)
     connect.join()
-    send = threading.Thread(target=lambda: sent.append(sender.send(plan, iter(tensors.items()))))
+    assert list(tmp_path.iterdir()) == []  # the probe is removed once every receiver joined
+    send = threading.Thread(target=lambda: sent.append(sender.send(plan, iter(tensors.items()), shared)))
     send.start()
-    sums = receiver.receive_weights(plan_to_wire(plan))
+    sums = receiver.receive_weights(plan_to_wire(plan), sender.probe.slots_path if shared else None)
     send.join()
+    assert list(tmp_path.iterdir()) == []  # the slots' name too, once both sides mapped them
 
     assert sent == [sum(m.nbytes for m in metas)]
     assert [[name for name, _ in call] for call in receiver.model_runner.calls] == [[m.name for m in b] for b in plan]
@@ -126,3 +132,47 @@ def test_the_sender_refuses_weights_out_of_plan_order():
     sender.connect()
     with pytest.raises(ValueError, match="out of plan: got b.y.weight"):
         sender.send(plan_buckets(metas, 1), iter([("b.y.weight", torch.zeros(4)), ("a.x.weight", torch.zeros(4))]))
+
+
+def test_transport_choice_follows_what_the_receivers_see():
+    from actors.sync_transport import choose_transport
+
+    assert choose_transport("auto", [True, True], ["e0", "e1"]) == "shared_memory"
+    assert choose_transport("auto", [True, False], ["e0", "e1"]) == "collective"
+    assert choose_transport("collective", [True, True], ["e0", "e1"]) == "collective"
+    assert choose_transport("shared_memory", [True], ["e0"]) == "shared_memory"
+    with pytest.raises(ValueError, match=r"weight_sync.transport=shared_memory, but e1 on n2 cannot see"):
+        choose_transport("shared_memory", [True, False], ["e0", "e1 on n2"])
+
+
+def test_a_receiver_elsewhere_does_not_see_the_probe(tmp_path):
+    from actors.sync_transport import Probe, sees_probe
+
+    probe = Probe(str(tmp_path))
+    assert sees_probe(str(probe.path), probe.token)
+    assert not sees_probe(str(probe.path), "another sender's token")
+    probe.remove()
+    assert not sees_probe(str(probe.path), probe.token) and not sees_probe(None, None)
+
+
+def test_slots_that_do_not_fit_are_an_error_naming_the_knobs(tmp_path):
+    """A tmpfs too small for the slots (faked with RLIMIT_FSIZE in a child process: a small tmpfs cannot
+    be mounted here) fails when the file is made, naming what to change, and leaves no file behind."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+        "from actors.sync_transport import SharedSlots\n"
+        "try:\n"
+        f"    SharedSlots({str(tmp_path / 'x.slots')!r}, 8 << 20, create=True)\n"
+        "except OSError as e:\n"
+        "    print(e)\n"
+        "    sys.exit(3)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stderr
+    assert "no room for 2 x 8 MB weight-sync slots" in out.stdout and "weight_sync.bucket_mb" in out.stdout
+    assert list(tmp_path.iterdir()) == []
