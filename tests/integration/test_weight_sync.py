@@ -119,3 +119,26 @@ def test_sync_from_two_zero3_learners_gives_the_engines_their_full_weights(ray_c
         learners.shutdown()
     back = _source(ray_cluster, tiny_model_dir, "source-after-learners")
     WeightSync(back, "source-after-learners", rollout_pool, 64, 120, get_platform("cpu")).sync(version=22)
+
+
+def test_a_tensor_parallel_engine_gets_its_shards_through_either_transport(ray_cluster, tiny_config, other_checkpoint,
+                                                                           tiny_model_dir, rows):
+    """One vLLM-CPU engine with tensor_parallel_size=2: each TP worker is a receiver of its own (ranks 1
+    and 2), takes the full tensors and keeps its shard as vLLM loads them. Greedy answers equal
+    transformers' on the synced checkpoint after a shared-memory sync, and again after a broadcast back."""
+    from actors.rollout import RolloutPool
+
+    rollout = tiny_config.rollout.model_copy(update={"num_workers": 1, "tensor_parallel_size": 2, "max_tokens": 8})
+    pool = RolloutPool(tiny_config.model, rollout, platform="cpu", timeout_s=600, name_prefix="rollout-tp2")
+    try:
+        for version, (path, transport) in enumerate([(other_checkpoint, "shared_memory"),
+                                                     (tiny_model_dir, "collective")], start=31):
+            source = _source(ray_cluster, path, f"source-tp2-{version}")
+            sync = WeightSync(source, f"source-tp2-{version}", pool, bucket_mb=1, timeout_s=300,
+                              platform=get_platform("cpu"), transport=transport)
+            assert sync.sync(version=version).engines == 1 and sync.transport == transport
+            assert pool.policy_versions() == [version]
+            assert _pool_greedy(pool, rows) == _hf_greedy(path, rows)
+            ray_cluster.kill(source)
+    finally:
+        pool.shutdown()
