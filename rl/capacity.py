@@ -153,8 +153,14 @@ def step_time(cfg: Config, m: ModelSpec, hw: Hardware, w: Workload) -> dict[str,
     # forward when the policy moves within a step (several mini-batches or epochs).
     extra_pass = g.num_mini_batches > 1 or g.ppo_epochs > 1
     factor = 8 + (2 if extra_pass else 0)
-    train_flops = g.ppo_epochs * seqs * factor * (m.llm_params * (prompt_tokens + w.mean_response_tokens)
-                                                  + m.vision_params * patches)
+    # learner.share_prompts: a group's prompt and image go through once, then its G answers (one row);
+    # otherwise every sequence carries its own copy of both.
+    if lc.share_prompts:
+        llm_tokens = prompts * (prompt_tokens + g.group_size * w.mean_response_tokens)
+        vision_patches = prompts * patches
+    else:
+        llm_tokens, vision_patches = seqs * (prompt_tokens + w.mean_response_tokens), seqs * patches
+    train_flops = g.ppo_epochs * factor * (m.llm_params * llm_tokens + m.vision_params * vision_patches)
     compute = train_flops / (ranks * peak * hw.train_mfu)
     # ZeRO-3 traffic per GPU per micro-batch: gather for forward, gather for backward, reduce-scatter
     # grads, each ~2 B x params x (L-1)/L; one more gather per micro-batch of the pi_old forward.
