@@ -49,10 +49,15 @@ class Probe:
 
     @property
     def slots_path(self) -> str:
-        return str(self.path.with_suffix(".slots"))
+        return slots_path(str(self.path))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def slots_path(probe_path: str) -> str:
+    """The sender's slots file, beside its probe: what the driver hands the receivers."""
+    return str(Path(probe_path).with_suffix(".slots"))
 
 
 def sees_probe(path: str | None, token: str | None) -> bool:

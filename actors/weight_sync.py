@@ -37,7 +37,15 @@ import torch.distributed as dist
 import xxhash
 
 from actors.remote import ActorCallError, gather, reachable_host
-from actors.sync_transport import Probe, SharedSlots, choose_transport, process_group, sees_probe, tick
+from actors.sync_transport import (
+    Probe,
+    SharedSlots,
+    choose_transport,
+    process_group,
+    sees_probe,
+    slots_path,
+    tick,
+)
 from rl.platform import Platform
 
 EXTENSION = "actors.weight_sync.WeightReceiver"
@@ -448,8 +456,7 @@ class WeightSync:
         self.source, self.source_name, self.pool, self.peers = source, source_name, pool, list(peers)
         self.bucket_mb, self.timeout_s, self.platform, self.host = bucket_mb, timeout_s, platform, host
         self.requested, self.shm_dir = transport, shm_dir
-        self.transport = "collective"  # what the last connect chose
-        self.shared_path: str | None = None  # the slots file, when it chose shared memory
+        self.shared_path: str | None = None  # the slots file, when the last connect chose shared memory
         self.plan: list | None = None
         self.last_checksums: dict[str, str] = {}  # what the source sent in the last sync, per tensor
 
@@ -467,10 +474,15 @@ class WeightSync:
                  for i, w in enumerate(self.pool.workers)]
         _, *joined = self._wait("connect", [self.source.connect_weight_sync.remote(), *joins])
         sees = [all(seen for _, seen in workers) for workers in joined]
-        self.transport = choose_transport(self.requested, sees, self.pool.labels)
-        self.shared_path = str(Path(probe[0]).with_suffix(".slots")) if self.transport == "shared_memory" else None
+        shared = choose_transport(self.requested, sees, self.pool.labels) == "shared_memory"
+        self.shared_path = slots_path(probe[0]) if shared else None
         # Listing the weights is not collective (shapes only), so the source alone answers.
         (self.plan,) = self._wait("plan", [self.source.weight_plan.remote(self.bucket_mb)], [self.source_name])
+
+    @property
+    def transport(self) -> str:
+        """What the last `connect` chose: 'shared_memory' or 'collective'."""
+        return "collective" if self.shared_path is None else "shared_memory"
 
     def sync(self, version: int) -> SyncStats:
         """Every engine receives the source's full weights and holds `version`; checksums compared."""
