@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from rewards import RewardConfig
 
@@ -45,6 +45,12 @@ class TinyModelConfig(Section):
     vision_hidden_size: int = 128
     vision_num_heads: int = 2
     vision_intermediate_size: int = 384
+    # The processor's per-channel normalisation: the synthetic images' pixel mean and std (a unit test checks
+    # them against the generator), as for any vision tower trained from scratch. With the usual 0.5/0.5 the
+    # dark background is a large constant in every patch, the random patch embedding answers every image
+    # with nearly the same features, and training amplifies that constant until the model stops looking.
+    image_mean: tuple[float, float, float] = (0.153, 0.150, 0.149)
+    image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.134, 0.112, 0.121)
 
 
 class ModelConfig(Section):
@@ -136,8 +142,9 @@ class LearnerConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     gradient_checkpointing: bool = False
-    # As sft.freeze_vision: the vision encoder stays fixed (no gradients, no Adam state); its merger
-    # (projector) and the language model train. Adam's per-weight steps wash image content out otherwise.
+    # The vision encoder stays fixed (no gradients, no Adam state); its merger (projector) and the language
+    # model train (docs/learning.md: GRPO training the encoder too gained less). With it off, the engines
+    # encode images with each synced tower: their encoder and prefix caches are reset on every sync.
     freeze_vision: bool = True
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)  # cosine decays to lr x this
     adam_beta1: float = Field(default=0.9, ge=0, lt=1)
@@ -234,9 +241,11 @@ class SFTConfig(Section):
     warmup_steps: int = Field(default=10, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
-    # Keep the vision encoder fixed; the merger (projector) and the language model train. Usual for Qwen-VL
-    # fine-tuning, and needed here: Adam's per-weight steps on the patch embedding wash image content out.
-    freeze_vision: bool = True
+    # true: the vision encoder stays fixed and only the merger (projector) and the language model train, as
+    # usual when fine-tuning a pretrained Qwen-VL. The demo's tiny tower is random: frozen, it tells the
+    # language model what is in the image but not where, so its coordinates never depend on the image
+    # (docs/sft.md); it must train.
+    freeze_vision: bool = False
     group_by_length: bool = True  # batches of similar prompt+image length: less padding (no packing for images)
     eval_every: int = Field(default=50, ge=0)  # val loss every N steps; 0: only at the end
     grounding_eval_rows: int = Field(default=64, ge=0)  # val rows answered greedily before/after; 0: off

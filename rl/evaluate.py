@@ -1,9 +1,10 @@
 """Held-out grounding metrics: greedy answers from the rollout engines, scored against the references.
 
-`grounding_metrics` is what the trainer prints before and after GRPO and what `python -m rl.evaluate`
-writes: every reward component's mean, format validity (all four tag checks pass), label accuracy, the
-mean IoU of matched boxes (one-to-one matching that maximises IoU, as the GIoU reward matches boxes) and
-COCO-style AP@0.5 and AP@[.5:.95] per class and their mean (`rl/ap.py`, box rank = confidence).
+`grounding_metrics` is what SFT and the trainer print before and after training and what
+`python -m rl.evaluate` writes: every reward component's mean, format validity (all four tag checks pass),
+label accuracy, the mean IoU of matched boxes (one-to-one matching that maximises IoU, as the GIoU reward
+matches boxes), the share of predicted boxes that repeat an earlier box of their label, and COCO-style
+AP@0.5 and AP@[.5:.95] per class and their mean (`rl/ap.py`, box rank = confidence).
 
     python -m rl.evaluate model.path=checkpoints/run/step-000020/model data.split=test
 
@@ -30,7 +31,8 @@ from rl.config import Config
 from rl.report import fmt, markdown_table
 
 # The metrics a reader looks at first, in report order.
-HEADLINE = ("ap50", "ap", "mean_iou_matched", "label_accuracy", "format_valid", "total_reward")
+HEADLINE = ("ap50", "ap", "mean_iou_matched", "label_accuracy", "format_valid", "duplicate_rate", "total_reward")
+DUPLICATE_IOU = 0.5  # a predicted box this close to an earlier one of the same label names the same object twice
 
 
 def matched_ious(completion: str, reference: str) -> list[float]:
@@ -44,17 +46,30 @@ def matched_ious(completion: str, reference: str) -> list[float]:
     return [float(ious[r, c]) for r, c in zip(rows, cols, strict=True)]
 
 
+def duplicate_boxes(completion: str) -> tuple[int, int]:
+    """(boxes that overlap an earlier box of the same label with IoU > DUPLICATE_IOU, all boxes) of one answer."""
+    duplicates = total = 0
+    for _, boxes in parse_answer(completion):
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        ious = iou_matrix(boxes, boxes)
+        duplicates += int(sum((ious[i, :i] > DUPLICATE_IOU).any() for i in range(1, len(boxes))))
+        total += len(boxes)
+    return duplicates, total
+
+
 def grounding_metrics(completions: Sequence[str], references: Sequence[str], rewards: RewardConfig | None = None,
                       lengths: Sequence[int] | None = None, frame: float | None = None) -> dict[str, float]:
     """Flat metrics dict; `lengths` (response tokens) feed the overlong penalty, `frame` clips boxes for AP."""
     scores = score_batch(list(completions), list(references), rewards, lengths)
     ious = [iou for c, r in zip(completions, references, strict=True) for iou in matched_ious(c, r)]
     ap = answers_ap(completions, references, frame)
+    duplicates, boxes = np.sum([duplicate_boxes(c) for c in completions], axis=0) if completions else (0, 0)
     out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items()}
     out |= {"format_valid": float(np.mean(scores["tag_count"] == 1.0)),
             "label_accuracy": float(np.mean(scores["label_accuracy"])),
             "mean_iou_matched": float(np.mean(ious)) if ious else 0.0,
             "total_reward": float(np.mean(scores["total"])),
+            "duplicate_rate": float(duplicates / boxes) if boxes else 0.0,
             "ap": ap.ap, "ap50": ap.ap50}
     for label, values in ap.per_class.items():
         out |= {f"ap/{label}": values["ap"], f"ap50/{label}": values["ap50"]}

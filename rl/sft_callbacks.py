@@ -16,11 +16,15 @@ from trl.models.utils import unwrap_model_for_generation
 
 from rl.config import Config
 from rl.data import GroundingRow
-from rl.sft_data import METRICS, RUN_MARKER, generate_answers, grounding_metrics
+from rl.evaluate import HEADLINE, grounding_metrics
+from rl.image_reliance import image_reliance
+from rl.sft_data import RUN_MARKER, generate_answers
 
 
 class GroundingEval(TrainerCallback):
-    """Greedy answers on val rows, scored by the rewards package, when training begins and ends."""
+    """Greedy answers on val rows (`rl.evaluate.grounding_metrics`: AP, IoU, labels, format, duplicates,
+    rewards) and whether the coordinates depend on the image (`rl.image_reliance`), when training begins
+    and ends."""
 
     def __init__(self, cfg: Config, rows: list[GroundingRow], scalars: Any) -> None:
         self.cfg, self.rows, self.scalars = cfg, rows, scalars
@@ -35,12 +39,16 @@ class GroundingEval(TrainerCallback):
         mine = list(range(acc.process_index, len(self.rows), acc.num_processes))
         # ZeRO-3 shards the weights; generation needs them whole (gathered on every rank, collectively).
         with unwrap_model_for_generation(self.trainer.model_wrapped, acc) as model:
-            answers = generate_answers(model, self.trainer.processing_class, [self.rows[i] for i in mine],
+            processor = self.trainer.processing_class
+            answers = generate_answers(model, processor, [self.rows[i] for i in mine],
                                        max_new_tokens=self.cfg.rollout.max_tokens,
                                        batch_size=self.cfg.sft.eval_batch_size)
+            # Teacher-forced on every rank alike (a ZeRO-3 forward is collective): cheap next to generation.
+            reliance = image_reliance(model, processor, self.rows, self.cfg.sft.eval_batch_size)
         pairs = sorted(gather_object(list(zip(mine, answers, strict=True))) if acc.num_processes > 1
                        else zip(mine, answers, strict=True))
-        metrics = grounding_metrics([a for _, a in pairs], [r.answer for r in self.rows], self.cfg.rewards)
+        metrics = grounding_metrics([a for _, a in pairs], [r.answer for r in self.rows], self.cfg.rewards,
+                                    frame=self.cfg.data.coord_frame) | reliance
         self.scalars.val_metrics(step, when, metrics, len(self.rows))
         return metrics
 
@@ -118,8 +126,11 @@ class Scalars(TrainerCallback):
         for name, value in metrics.items():
             self._write(f"val/{name}", value, step)
         if self.main:
-            shown = "  ".join(f"{name} {metrics[name]:.3f}" for name in METRICS)
-            print(f"sft val grounding {when} (step {step}, {rows} rows, greedy): {shown}", flush=True)
+            shown = "  ".join(f"{name} {metrics[name]:.3f}" for name in HEADLINE)
+            print(f"sft val grounding {when} (step {step}, {rows} rows, greedy): {shown}\n"
+                  f"  coordinate loss {metrics['coord_loss']:.3f} with the own image, "
+                  f"{metrics['coord_loss_shuffled']:.3f} with another row's (image_reliance "
+                  f"{metrics['image_reliance']:+.3f})", flush=True)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -13,9 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
-from rewards import RewardConfig, score_batch
 from rl.config import Config
 from rl.data import DatasetError, GroundingRow, chat_messages, load_image, load_split
 
@@ -23,8 +20,6 @@ if TYPE_CHECKING:
     import datasets
     import torch
 
-# Reported per split and in TensorBoard: the reward components that say "grounded answer" or not.
-METRICS: tuple[str, ...] = ("tag_count", "label_accuracy", "giou", "overlap_penalty", "total")
 RUN_MARKER = "sft_run.json"  # written last into every SFT checkpoint: its presence means "complete"
 
 
@@ -150,13 +145,6 @@ def generate_answers(model: torch.nn.Module, processor: Any, rows: Sequence[Grou
     finally:
         model.train(was_training)
     return answers
-
-
-def grounding_metrics(answers: Sequence[str], references: Sequence[str], config: RewardConfig | None = None
-                      ) -> dict[str, float]:
-    """Means of the reward components over the rows (`rewards.score_batch`, the GRPO reward itself)."""
-    scores = score_batch(list(answers), list(references), config)
-    return {name: float(np.mean(scores[name])) if len(answers) else 0.0 for name in METRICS}
 
 
 def report_skipped(skipped: Sequence[str], split: Literal["train", "val"], limit: int = 10) -> None:

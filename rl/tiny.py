@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -70,16 +71,14 @@ def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
     )
 
 
-def build_processor(tokenizer, min_pixels: int, max_pixels: int):  # -> Qwen3VLProcessor
+def build_processor(tokenizer, min_pixels: int, max_pixels: int, cfg: TinyModelConfig):  # -> Qwen3VLProcessor
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
     # patch 16 x merge 2: a 128x128 image is 8x8 patches -> 16 image tokens after merging.
     pixels = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    image = Qwen2VLImageProcessor(
-        size=pixels, patch_size=16, merge_size=2, temporal_patch_size=2,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )
-    video = Qwen3VLVideoProcessor(size=pixels, patch_size=16, merge_size=2, temporal_patch_size=2)
+    norm = {"image_mean": list(cfg.image_mean), "image_std": list(cfg.image_std)}
+    image = Qwen2VLImageProcessor(size=pixels, patch_size=16, merge_size=2, temporal_patch_size=2, **norm)
+    video = Qwen3VLVideoProcessor(size=pixels, patch_size=16, merge_size=2, temporal_patch_size=2, **norm)
     return Qwen3VLProcessor(
         image_processor=image, tokenizer=tokenizer, video_processor=video, chat_template=CHAT_TEMPLATE
     )
@@ -119,8 +118,30 @@ def build_model_config(cfg: TinyModelConfig, tokenizer):  # -> Qwen3VLConfig
     return config
 
 
+def sincos_position_table(num_positions: int, dim: int):  # -> torch.Tensor (num_positions, dim)
+    """A 2-D sine-cosine position table over a square grid (ViT/MAE's fixed embedding): half the channels
+    encode the row, half the column, each at dim/4 geometric frequencies; every row has norm sqrt(dim/2).
+
+    Why: Qwen3-VL's learned position embedding starts as N(0, 0.02) noise (norm ~0.2 against patch features
+    of norm ~10), so a random tower tells the language model what is in the image but hardly where."""
+    import torch
+
+    side = math.isqrt(num_positions)
+    if side * side != num_positions or dim % 4:
+        raise ValueError(f"need a square number of positions and dim % 4 == 0, got {num_positions}, {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+
+    def axis(pos):
+        angles = pos.flatten()[:, None].double() * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([axis(rows), axis(cols)], dim=1).float()
+
+
 def _fingerprint(cfg: TinyModelConfig, min_pixels: int, max_pixels: int) -> str:
-    payload = json.dumps([cfg.model_dump(), min_pixels, max_pixels, CHAT_TEMPLATE, _corpus()[:20], "untied"])
+    payload = json.dumps([cfg.model_dump(), min_pixels, max_pixels, CHAT_TEMPLATE, _corpus()[:20], "untied",
+                          "sincos"])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -142,10 +163,13 @@ def build_tiny_model(out: str | Path, cfg: TinyModelConfig | None = None, *,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         tokenizer = build_tokenizer()
-        processor = build_processor(tokenizer, min_pixels, max_pixels)
+        processor = build_processor(tokenizer, min_pixels, max_pixels, cfg)
         config = build_model_config(cfg, tokenizer)
         torch.manual_seed(cfg.seed)
         model = Qwen3VLForConditionalGeneration(config).to(torch.float32)
+        table = model.model.visual.pos_embed.weight
+        with torch.no_grad():
+            table.copy_(sincos_position_table(*table.shape))
         model.generation_config = GenerationConfig(
             eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False
         )

@@ -382,7 +382,7 @@ def _line(step: int, m: dict[str, float]) -> str:
 
 
 def _table(title: str, metrics: dict[str, float], before: dict[str, float] | None = None) -> str:
-    keys = ["total_reward", "mean_iou_matched", "label_accuracy", "format_valid"]
+    keys = ["ap50", "ap", "mean_iou_matched", "label_accuracy", "format_valid", "duplicate_rate", "total_reward"]
     lines = [title, f"  {'':18s} {'greedy':18s}sampled (G per row)"]
     for k in keys:
         cells = []

@@ -43,8 +43,9 @@ def test_tensorboard_has_the_sft_scalars(sft_run):
     events = EventAccumulator(str(Path(cfg.logging.dir) / "sft"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"sft/loss", "sft/eval_loss", "sft/lr", "sft/samples_per_s", "sft/val/giou", "sft/val/tag_count"} <= tags
-    assert [e.step for e in events.Scalars("sft/val/giou")] == [0, cfg.sft.num_steps]  # before and after
+    assert {"sft/loss", "sft/eval_loss", "sft/lr", "sft/samples_per_s", "sft/val/ap50", "sft/val/mean_iou_matched",
+            "sft/val/reward/giou", "sft/val/image_reliance"} <= tags
+    assert [e.step for e in events.Scalars("sft/val/ap50")] == [0, cfg.sft.num_steps]  # before and after
     losses = [e.value for e in events.Scalars("sft/loss")]
     assert losses[-1] < losses[0] / 3
 
@@ -142,5 +143,5 @@ def test_two_processes_train_together(tmp_path, tiny_model_dir, synthetic_dir, c
                            num_processes=2, eval_every=0, grounding_eval_rows=4, eval_batch_size=2, warmup_steps=0)
     assert main(overrides) == 0
     summary = json.loads((tmp_path / "sft" / SUMMARY).read_text())
-    assert summary["steps"] == 2 and set(summary["after"]) >= {"giou", "tag_count"}
+    assert summary["steps"] == 2 and set(summary["after"]) >= {"ap50", "mean_iou_matched", "image_reliance"}
     assert "2 process(es)" in capfd.readouterr().out  # printed by rank 0, a torchrun child: fd-level capture

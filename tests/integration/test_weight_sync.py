@@ -4,9 +4,12 @@ outputs, and a dead receiver named without harming the source. The source here s
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from actors.weight_sync import CheckpointSource, WeightSync, WeightSyncError, checksum
 from rl.data import load_split
@@ -42,6 +45,35 @@ def _hf_greedy(path, rows, max_tokens=8):
 
 def _pool_greedy(pool, rows):
     return [r.samples[0].response_ids for r in pool.generate(rows, n=1, greedy=True)[0]]
+
+
+def _vision_scaled(src: Path, out: Path, scale: float) -> tuple[Path, list[str]]:
+    """A copy of checkpoint `src` at `out` whose vision-tower tensors (`model.visual.*`) are multiplied by
+    `scale`, every other tensor bit for bit the same; returns it and the names of the changed tensors."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, out)
+    state = load_file(str(src / "model.safetensors"))
+    vision = [n for n in state if n.startswith("model.visual.")]
+    save_file({n: t * scale if n in vision else t for n, t in state.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out, vision
+
+
+def _hf_logprobs(path, rows, results):
+    """transformers' log-probs, on the checkpoint at `path`, of each result's first response (the
+    distribution the engine reports: -100 bias on the vision tokens)."""
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from actors.rollout import render_prompt
+    from rl.bench_rollout import reference_logprobs
+    from rl.data import load_image
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(path).eval()
+    return [reference_logprobs(model, processor, load_image(row.image), render_prompt(processor.tokenizer, row.prompt),
+                               r.prompt_ids, r.samples[0].response_ids)
+            for row, r in zip(rows, results, strict=True)]
 
 
 def test_sync_gives_every_engine_the_sources_exact_weights(ray_cluster, rollout_pool, other_checkpoint,
@@ -142,3 +174,48 @@ def test_a_tensor_parallel_engine_gets_its_shards_through_either_transport(ray_c
             ray_cluster.kill(source)
     finally:
         pool.shutdown()
+
+
+def test_new_vision_weights_reach_the_engines_past_their_encoder_and_prefix_caches(ray_cluster, rollout_pool,
+                                                                                    tiny_model_dir, rows, tmp_path):
+    """A trained vision tower (learner.freeze_vision off) must be what the engines encode images with
+    after a sync: no image embedding (encoder cache) or prompt KV (prefix cache) computed with the old
+    weights may be reused (vLLM #44910, TRL #7198). Both engines first answer an image prompt each with
+    the session's weights, so their caches hold that image's embedding and the prompt's first KV block
+    under the old weights; then a checkpoint that differs only in `model.visual.*` is synced. The
+    engines' greedy log-probs equal transformers' on the new weights and are far from the old weights'
+    (what a stale cache would give). Syncing the session's weights back gives the first answers again."""
+    tol = 1e-3
+    # One prompt per engine, its text three times over: ~200 tokens, more than one KV block (128 tokens on
+    # vLLM-CPU), so the first block, which holds the image's tokens, is a prefix-cache entry.
+    prompts = [replace(row, prompt=" ".join([row.prompt] * 3)) for row in rows[:2]]
+    warm, _ = rollout_pool.generate(prompts, n=1, greedy=True)
+    assert all(len(r.prompt_ids) > 128 and r.samples for r in warm)
+    scaled, vision = _vision_scaled(tiny_model_dir, tmp_path / "vision-scaled", scale=1.5)
+    assert len(vision) > 10 and all(".visual." in f".{n}" for n in vision)
+    source = _source(ray_cluster, scaled, "source-vision-scaled")
+    try:
+        WeightSync(source, "source-vision-scaled", rollout_pool, bucket_mb=1, timeout_s=120,
+                   platform=get_platform("cpu")).sync(version=41)
+        results, _ = rollout_pool.generate(prompts, n=1, greedy=True)
+    finally:  # the session's weights back for the tests after this one
+        back = _source(ray_cluster, tiny_model_dir, "source-after-vision")
+        WeightSync(back, "source-after-vision", rollout_pool, 64, 120, get_platform("cpu")).sync(version=42)
+        ray_cluster.kill(source)
+        ray_cluster.kill(back)
+    assert [r.policy_version for r in results] == [41, 41]
+    assert [r.prompt_ids for r in results] == [r.prompt_ids for r in warm]  # same prompts, same image tokens
+
+    engine = [torch.tensor(r.samples[0].logprobs) for r in results]
+    new = [(e - hf).abs().max().item() for e, hf in zip(engine, _hf_logprobs(scaled, prompts, results), strict=True)]
+    old = [(e - hf).abs().max().item()
+           for e, hf in zip(engine, _hf_logprobs(tiny_model_dir, prompts, results), strict=True)]
+    assert max(new) < tol, f"engines' log-probs after a vision-only sync differ from the new weights' by {new}"
+    assert min(old) > 10 * tol, (f"old and new vision weights give log-probs only {old} apart: the test cannot "
+                                 "tell a stale image embedding from a fresh one")
+
+    again, _ = rollout_pool.generate(prompts, n=1, greedy=True)
+    for before, after in zip(warm, again, strict=True):
+        assert after.samples[0].response_ids == before.samples[0].response_ids, "greedy answer after syncing back"
+        diff = (torch.tensor(after.samples[0].logprobs) - torch.tensor(before.samples[0].logprobs)).abs().max()
+        assert diff < tol, f"log-probs after syncing the old weights back differ from the first answers' by {diff:.2e}"

@@ -86,3 +86,38 @@ def test_ensure_model_rebuilds_a_stale_tiny_build_but_never_touches_a_foreign_ch
     assert ensure_model(ModelConfig(path=str(foreign), tiny=SMALL)) == foreign
     assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]
     assert ensure_model(ModelConfig(path="org/some-hub-model", tiny=None)) == "org/some-hub-model"
+
+
+def test_processor_normalises_with_the_synthetic_images_statistics(tmp_path):
+    """The default image_mean/std are the generator's per-channel pixel statistics (0-3 objects), so a
+    background patch enters the random vision tower near zero instead of as a large shared constant."""
+    import numpy as np
+    from transformers import AutoProcessor
+
+    from rl.data import synthetic_example
+
+    rng = np.random.default_rng(0)
+    pixels = np.stack([synthetic_example(rng, image_size=128, max_objects=3, classes=("Nodule", "Mass", "Fracture",
+                                                                                       "Lesion"), frame=1000)[0]
+                       for _ in range(300)]) / 255.0
+    cfg = TinyModelConfig()
+    assert np.allclose(pixels.mean(axis=(0, 1, 2)), cfg.image_mean, atol=0.01)
+    assert np.allclose(pixels.std(axis=(0, 1, 2)), cfg.image_std, atol=0.01)
+    processor = AutoProcessor.from_pretrained(build_tiny_model(tmp_path / "m", SMALL))
+    assert list(processor.image_processor.image_mean) == list(SMALL.image_mean)
+    assert list(processor.image_processor.image_std) == list(SMALL.image_std)
+
+
+def test_vision_position_table_is_2d_sincos(tmp_path):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from rl.tiny import sincos_position_table
+
+    table = sincos_position_table(16, 8)  # a 4x4 grid: channels 0-3 encode the row, 4-7 the column
+    assert table.shape == (16, 8)
+    assert torch.allclose(table.norm(dim=1), torch.full((16,), 2.0))  # sqrt(dim / 2)
+    assert torch.equal(table[0, 4:], table[4, 4:]) and torch.equal(table[0, :4], table[1, :4])  # same column / row
+    assert not torch.equal(table[0, :4], table[4, :4])
+    model = Qwen3VLForConditionalGeneration.from_pretrained(build_tiny_model(tmp_path / "m", SMALL))
+    weight = model.model.visual.pos_embed.weight
+    assert torch.allclose(weight, sincos_position_table(*weight.shape))

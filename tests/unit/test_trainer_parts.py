@@ -11,7 +11,7 @@ from actors.placement import PlacementError, layout, validate
 from rl import checkpoint
 from rl.config import load_config
 from rl.data import PromptOrder
-from rl.evaluate import grounding_metrics, matched_ious
+from rl.evaluate import duplicate_boxes, grounding_metrics, matched_ious
 from rl.platform import get_platform
 from rl.visualize import PREDICTION, REFERENCE, draw
 
@@ -113,6 +113,16 @@ def test_grounding_metrics_worked_by_hand():
     assert m["mean_iou_matched"] == pytest.approx((1 + 1 / 3) / 2)
     assert m["format_valid"] == 0.5 and m["label_accuracy"] == 0.5
     assert m["total_reward"] == pytest.approx(m["reward/total"])
+    assert m["duplicate_rate"] == 0.0
+
+
+def test_duplicate_rate_counts_boxes_repeating_an_earlier_box_of_their_label():
+    # Box 2 repeats box 1 (IoU 100/110 > 0.5); box 3 is elsewhere; the Nodule box repeats no box of its label.
+    answer = "Mass <box>[[0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60]]</box> Nodule <box>[[0, 0, 10, 10]]</box>"
+    assert duplicate_boxes(answer) == (1, 4)
+    assert duplicate_boxes("No findings.") == (0, 0)
+    m = grounding_metrics([answer, "Mass <box>[[0, 0, 10, 10]]</box>"], ["No findings."] * 2)
+    assert m["duplicate_rate"] == pytest.approx(1 / 5)
 
 
 def test_drawing_puts_reference_and_prediction_boxes_on_the_image():
