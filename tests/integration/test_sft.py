@@ -31,8 +31,12 @@ def test_sft_teaches_the_grounding_format(sft_run):
     print(f"\nSFT {summary['steps']} steps, {summary['samples_per_s']:.1f} samples/s\n"
           f"before {before}\nafter  {after}")
     assert summary["steps"] == cfg.sft.num_steps and summary["val_rows"] == 64
-    assert after["tag_count"] >= 0.9  # held-out images answered in the grounding format
-    assert after["giou"] >= before["giou"] + 0.15  # and the boxes land far better than the random model's
+    assert after["format_valid"] >= 0.9 and after["label_accuracy"] >= 0.9  # the format and the labels
+    # The model looks: a wrong image costs the coordinate digits >= 0.05 nats each (measured 0.158 after the
+    # demo's 350 steps; -0.023 at random init, 0.002 for the blind checkpoints of issue 21), and the boxes beat
+    # the mean box (IoU 0.062) and the blind model (0.112) by far (measured 0.240).
+    assert after["image_reliance"] >= 0.05, (before["image_reliance"], after["image_reliance"])
+    assert after["mean_iou_matched"] >= 0.15 and after["ap50"] > before["ap50"]
     assert summary["eval_loss"] < 1.0 and summary["samples_per_s"] > 0
 
 
