@@ -43,7 +43,8 @@ class GroundingEval(TrainerCallback):
             answers = generate_answers(model, processor, [self.rows[i] for i in mine],
                                        max_new_tokens=self.cfg.rollout.max_tokens,
                                        batch_size=self.cfg.sft.eval_batch_size)
-            # Teacher-forced on every rank alike (a ZeRO-3 forward is collective): cheap next to generation.
+            # Every rank scores all rows (under ZeRO-3 a forward gathers weights with the others): two cheap
+            # teacher-forced passes next to generation.
             reliance = image_reliance(model, processor, self.rows, self.cfg.sft.eval_batch_size)
         pairs = sorted(gather_object(list(zip(mine, answers, strict=True))) if acc.num_processes > 1
                        else zip(mine, answers, strict=True))
