@@ -37,10 +37,8 @@ def optimizer_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
 def freeze_vision_encoder(model: Any, key: str) -> int:
     """Stop gradients into the vision encoder but not its merger (the projector into the language model).
 
-    On the tiny random model this is what lets training learn to look: Adam moves every weight by about
-    the learning rate per step, and the patch embedding sums 1536 inputs that are mostly the same
-    background, so within ~50 steps its output becomes a large constant that drowns the image content.
-    Returns the number of frozen parameters. `key` is the config key that asked for it
+    Usual for a pretrained tower (Qwen3-VL-8B), and GRPO's default; the demo's SFT trains its random tiny
+    tower instead, which frozen says what is in an image but hardly where (docs/sft.md). Returns the number of frozen parameters. `key` is the config key that asked for it
     (`sft.freeze_vision`, `learner.freeze_vision`); a model without a `visual` tower raises naming it
     (nothing would be frozen)."""
     frozen = 0
