@@ -38,7 +38,8 @@ def freeze_vision_encoder(model: Any, key: str) -> int:
     """Stop gradients into the vision encoder but not its merger (the projector into the language model).
 
     Usual for a pretrained tower (Qwen3-VL-8B), and GRPO's default; the demo's SFT trains its random tiny
-    tower instead, which frozen says what is in an image but hardly where (docs/sft.md). Returns the number of frozen parameters. `key` is the config key that asked for it
+    tower instead, which frozen says what is in an image but hardly where (docs/sft.md).
+    Returns the number of frozen parameters. `key` is the config key that asked for it
     (`sft.freeze_vision`, `learner.freeze_vision`); a model without a `visual` tower raises naming it
     (nothing would be frozen)."""
     frozen = 0
