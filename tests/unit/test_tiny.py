@@ -94,11 +94,10 @@ def test_processor_normalises_with_the_synthetic_images_statistics(tmp_path):
     import numpy as np
     from transformers import AutoProcessor
 
-    from rl.data import synthetic_example
+    from rl.data import CLASSES, synthetic_example
 
     rng = np.random.default_rng(0)
-    pixels = np.stack([synthetic_example(rng, image_size=128, max_objects=3, classes=("Nodule", "Mass", "Fracture",
-                                                                                       "Lesion"), frame=1000)[0]
+    pixels = np.stack([synthetic_example(rng, image_size=128, max_objects=3, classes=CLASSES, frame=1000)[0]
                        for _ in range(300)]) / 255.0
     cfg = TinyModelConfig()
     assert np.allclose(pixels.mean(axis=(0, 1, 2)), cfg.image_mean, atol=0.01)
