@@ -54,8 +54,11 @@ class TinyModelConfig(Section):
 
 
 class ModelConfig(Section):
-    path: str = "checkpoints/tiny-qwen3vl"  # HF checkpoint directory (or a hub id where reachable)
-    tiny: TinyModelConfig | None = Field(default_factory=TinyModelConfig)  # build `path` if absent
+    # A local HF checkpoint folder (Qwen3-VL or Qwen2.5-VL), checked at start-up (rl/model_path.py).
+    path: str = "checkpoints/tiny-qwen3vl"
+    # Set: build the offline tiny model at `path`, only if that folder is absent, empty or an earlier tiny
+    # build (any other folder is an error, never overwritten). null: `path` is a checkpoint to load.
+    tiny: TinyModelConfig | None = Field(default_factory=TinyModelConfig)
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on accelerators, fp32 on CPU
     # One processor setting for rollout and learner, so image features always match image tokens.

@@ -6,7 +6,7 @@ label accuracy, the mean IoU of matched boxes (one-to-one matching that maximise
 matches boxes), the share of predicted boxes that repeat an earlier box of their label, and COCO-style
 AP@0.5 and AP@[.5:.95] per class and their mean (`rl/ap.py`, box rank = confidence).
 
-    python -m rl.evaluate model.path=checkpoints/run/step-000020/model data.split=test
+    python -m rl.evaluate model.path=checkpoints/run/step-000020/model model.tiny=null data.split=test
 
 answers `data.split` greedily through `RolloutWorker`s on Ray (the cluster of RAY_ADDRESS, else a local
 one on loopback) and writes `metrics.json`, `metrics.md`, `predictions.jsonl` and `gallery.png` (references
@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 
 from rewards import RewardConfig, iou_matrix, parse_answer, score_batch
 from rl.ap import answers_ap
-from rl.config import Config
+from rl.config import Config, ConfigError
 from rl.report import fmt, markdown_table
 
 # The metrics a reader looks at first, in report order.
@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare(cfg)
         run_evaluation(cfg)
+    except ConfigError as exc:  # e.g. model.path is no usable checkpoint (rl.model_path)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

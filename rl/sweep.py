@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rl import checkpoint
-from rl.config import Config, load_config
+from rl.config import Config, ConfigError, load_config
 from rl.evaluate import HEADLINE, evaluate_split, write_evaluation
 from rl.plots import plot_final_metrics, plot_reward_curves, read_scalars
 from rl.report import summarize, write_report, write_results_csv
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.sweep, args.overrides)
         spec = _narrow(spec, args)
         run_sweep(spec)
-    except SweepError as exc:
+    except (SweepError, ConfigError) as exc:  # ConfigError: e.g. model.path is no usable checkpoint
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

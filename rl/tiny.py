@@ -21,12 +21,13 @@ import tempfile
 from pathlib import Path
 
 from rl.config import ModelConfig, TinyModelConfig
+from rl.model_path import TINY_MARKER, check_checkpoint, check_tiny_target
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
     "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
 ]
-MARKER = "tiny_build.json"  # written last: its presence means the checkpoint is complete
+MARKER = TINY_MARKER  # written last: its presence means the checkpoint is complete (and ours to replace)
 
 # Qwen-style chat template, reduced to what grounding needs: text and image parts per message.
 CHAT_TEMPLATE = (
@@ -149,7 +150,9 @@ def build_tiny_model(out: str | Path, cfg: TinyModelConfig | None = None, *,
                      min_pixels: int = 128 * 128, max_pixels: int = 128 * 128) -> Path:
     """Build the checkpoint at `out` (skipped when a complete build of the same spec is there).
 
-    Written to a temporary sibling directory and renamed, so a crash never leaves half a model."""
+    `out` must not exist, be empty or hold an earlier tiny build (`ModelPathError` otherwise: nothing of
+    the user's is replaced). Written to a temporary sibling directory and renamed, so a crash never leaves
+    half a model."""
     import torch
     from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
@@ -159,6 +162,7 @@ def build_tiny_model(out: str | Path, cfg: TinyModelConfig | None = None, *,
     marker = out / MARKER
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
         return out
+    check_tiny_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -177,25 +181,40 @@ def build_tiny_model(out: str | Path, cfg: TinyModelConfig | None = None, *,
         processor.save_pretrained(tmp)
         params = sum(p.numel() for p in model.parameters())
         (tmp / MARKER).write_text(json.dumps({"fingerprint": fingerprint, "parameters": params}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def ensure_model(model: ModelConfig) -> Path | str:
-    """The checkpoint `model.path` names, built first when absent and `model.tiny` is configured.
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished build to `out`; an earlier build (or empty folder) there is moved aside first and
+    deleted only once the new one is in place. Checked again here: the folder may have changed meanwhile."""
+    check_tiny_target(out)
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f"{tmp.name}.old")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is None:
+        return
+    if old.is_symlink():  # the link is replaced; the folder it pointed to stays as it was
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
-    A path that does not exist locally and has no `tiny` section is passed on as-is (a hub id on a
-    cluster that can reach one); loading then fails with the loader's own message."""
+
+def ensure_model(model: ModelConfig) -> Path:
+    """The checkpoint `model.path` names, checked; with `model.tiny` set, the tiny model built there first.
+
+    `ModelPathError` (a ConfigError naming the path and what is wrong) when `model.tiny` is set and the
+    folder holds anything but an earlier tiny build, or when `model.tiny` is null and the folder is not a
+    usable Qwen3-VL / Qwen2.5-VL checkpoint (rl.model_path). Nothing of the user's is ever written."""
     path = Path(model.path)
     if model.tiny is None:
-        return path if path.exists() else model.path
-    if (path / "config.json").is_file() and not (path / MARKER).is_file():
-        return path  # a checkpoint we did not build (e.g. SFT output): never overwrite it
-    # Ours (or absent): build_tiny_model rebuilds only when the spec's fingerprint changed.
+        check_checkpoint(path)
+        return path
+    # build_tiny_model rebuilds only when the spec's fingerprint changed, and only over its own build.
     return build_tiny_model(path, model.tiny, min_pixels=model.min_pixels, max_pixels=model.max_pixels)
 
 

@@ -70,22 +70,19 @@ def test_default_model_size_and_transformers_generation(tiny_model_dir, syntheti
     assert torch.isfinite(model(**inputs).logits).all()
 
 
-def test_ensure_model_rebuilds_a_stale_tiny_build_but_never_touches_a_foreign_checkpoint(tmp_path):
+def test_ensure_model_builds_into_an_empty_folder_rebuilds_its_own_build_and_the_build_passes_the_checks(tmp_path):
     from rl.config import ModelConfig
     from rl.tiny import ensure_model
 
+    (tmp_path / "tiny").mkdir()  # empty: may be built into (test_model_path: any other folder may not)
     ours = ModelConfig(path=str(tmp_path / "tiny"), tiny=SMALL)
     built = ensure_model(ours)
     fingerprint = json.loads((built / MARKER).read_text())["fingerprint"]
     changed = ours.model_copy(update={"tiny": SMALL.model_copy(update={"seed": 3})})
     assert json.loads((ensure_model(changed) / MARKER).read_text())["fingerprint"] != fingerprint
-
-    foreign = tmp_path / "sft-output"
-    foreign.mkdir()
-    (foreign / "config.json").write_text("{}")
-    assert ensure_model(ModelConfig(path=str(foreign), tiny=SMALL)) == foreign
-    assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]
-    assert ensure_model(ModelConfig(path="org/some-hub-model", tiny=None)) == "org/some-hub-model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # the old build and the temporaries are gone
+    # The build is a complete checkpoint by the start-up checks' rules (config, weights, processor files).
+    assert ensure_model(ours.model_copy(update={"tiny": None})) == built
 
 
 def test_processor_normalises_with_the_synthetic_images_statistics(tmp_path):
