@@ -9,13 +9,23 @@ divisibility assumptions are checked here too, not mid-run.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rewards import RewardConfig
 
@@ -24,6 +34,19 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names every offending key path."""
+
+
+def _split_name(name: str) -> str:
+    # A split is the stem of a file in the data folder: no folders, so a name never reads outside it.
+    if name.endswith(".jsonl"):
+        raise ValueError(f"{name!r}: name the split without .jsonl (the file is <data folder>/<split>.jsonl)")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"{name!r}: a split is a file stem (letters, digits, _ . -; no path separators), "
+                         "read as <data folder>/<split>.jsonl")
+    return name
+
+
+SplitName = Annotated[str, AfterValidator(_split_name)]  # e.g. train, val, test_external
 
 
 class Section(BaseModel):
@@ -87,9 +110,12 @@ class SyntheticDataConfig(Section):
 
 
 class DataConfig(Section):
-    path: str = "data/synthetic"  # folder holding {train,val,test}.jsonl
+    path: str = "data/synthetic"  # folder holding the splits, one <split>.jsonl each
     synthetic: SyntheticDataConfig | None = Field(default_factory=SyntheticDataConfig)  # generate if absent
-    split: Literal["train", "val", "test"] = "train"
+    # SFT and GRPO train on `split` (`rl.evaluate` answers it) and hold out `val_split`: SFT's val loss and
+    # greedy answers, GRPO's before/after metrics, the preview. Any file stem in the folder.
+    split: SplitName = "train"
+    val_split: SplitName = "val"
     coord_frame: int = Field(default=1000, gt=0)  # boxes are in [0, coord_frame] (Qwen3-VL: 0-1000)
     on_error: Literal["raise", "skip"] = "raise"
     # Folders besides `path` that image paths may resolve into (absolute paths allowed there); a row whose
@@ -131,6 +157,11 @@ class GRPOConfig(Section):
     off_policy_lag: Literal[0, 1] = 0
     ppo_epochs: int = Field(default=1, ge=1)  # passes over each rollout batch
     num_mini_batches: int = Field(default=1, ge=1)  # optimizer steps per epoch (the batch split evenly)
+    # Held-out metrics before the first and after the last step: greedy answers and group_size samples on
+    # the first eval_rows rows of data.val_split (0: off, and no prediction images), sampled with eval_seed, so
+    # both see the same draws.
+    eval_rows: int = Field(default=64, ge=0)
+    eval_seed: int = 987_654_321
 
 
 class LearnerConfig(Section):
@@ -231,7 +262,7 @@ class SFTConfig(Section):
     """Supervised fine-tuning (`python -m rl.sft`, the `sft` stage): (image, prompt) -> answer, loss on the
     answer tokens only. Later stages of the same pipeline start from `output_dir`."""
 
-    data_path: str | None = None  # folder holding train.jsonl + val.jsonl; None: data.path
+    data_path: str | None = None  # folder holding data.split and data.val_split (.jsonl); None: data.path
     output_dir: str = "checkpoints/sft"  # final HF checkpoint, published by rename when training ends
     state_dir: str = "checkpoints/sft-steps"  # resumable checkpoint-N folders (weights + optimizer + state)
     resume: str = "auto"  # auto (newest matching checkpoint in state_dir) | never | path to a checkpoint
@@ -251,7 +282,7 @@ class SFTConfig(Section):
     freeze_vision: bool = False
     group_by_length: bool = True  # batches of similar prompt+image length: less padding (no packing for images)
     eval_every: int = Field(default=50, ge=0)  # val loss every N steps; 0: only at the end
-    grounding_eval_rows: int = Field(default=64, ge=0)  # val rows answered greedily before/after; 0: off
+    grounding_eval_rows: int = Field(default=64, ge=0)  # data.val_split rows answered greedily before/after; 0: off
     eval_batch_size: int = Field(default=32, ge=1)
     save_every: int = Field(default=0, ge=0)  # resumable checkpoint every N steps; 0: only at the end
     keep_last: int = Field(default=2, ge=1)

@@ -390,10 +390,19 @@ def ensure_dataset(data: DataConfig) -> Path:
         generate_synthetic(root, num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
                            image_size=s.image_size, max_objects=s.max_objects, frame=data.coord_frame,
                            seed=s.seed)
-    split = root / f"{data.split}.jsonl"
-    if not split.is_file():
-        raise DatasetError(f"{split}: dataset split not found (data.path={data.path}, data.split={data.split})")
+    split_path(root, data.split, "data.split")
     return root
+
+
+def split_path(root: str | Path, name: str, key: str) -> Path:
+    """The file of split `name` (`root/name.jsonl`); DatasetError naming the file and the config key `key`
+    that chose it when it is not there."""
+    path = Path(root) / f"{name}.jsonl"
+    if not path.is_file():
+        present = sorted(p.stem for p in Path(root).glob("*.jsonl")) if Path(root).is_dir() else []
+        raise DatasetError(f"{path}: dataset split not found ({key}={name}; the folder holds "
+                           f"{', '.join(present) or 'no .jsonl files'})")
+    return path
 
 
 class PromptOrder:

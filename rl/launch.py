@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rl.config import Config, ConfigError, load_config
 
 
-def prepare(cfg: Config) -> None:
-    """Make sure the model checkpoint and the dataset the config names exist."""
-    from rl.data import ensure_dataset
+def prepare(cfg: Config, stages: Sequence[str] = ()) -> None:
+    """Make sure the model checkpoint, the dataset and every split file `stages` read exist, before Ray or
+    any actor starts: a bad model.path is a ConfigError, a missing split a DatasetError naming the file."""
+    from rl.data import ensure_dataset, split_path
+    from rl.sft_data import sft_split_path
     from rl.tiny import ensure_model
 
     ensure_model(cfg.model)
-    ensure_dataset(cfg.data)
+    ensure_dataset(cfg.data)  # data.split: what rl.evaluate answers, what GRPO trains on
+    if "sft" in stages:
+        sft_split_path(cfg, "train")
+        sft_split_path(cfg, "val")
+    if "preview" in stages or ("grpo" in stages and cfg.grpo.eval_rows):
+        split_path(cfg.data.path, cfg.data.val_split, "data.val_split")
 
 
 def _preview(cfg: Config) -> None:
@@ -91,8 +98,9 @@ def main(argv: list[str] | None = None, *, stages: list[str] | None = None, prog
     from rl.data import DatasetError
 
     try:
-        prepare(cfg)
-        for stage in stages or cfg.pipeline:
+        stages = stages or cfg.pipeline
+        prepare(cfg, stages)
+        for stage in stages:
             cfg = STAGES[stage](cfg) or cfg
     except ConfigError as exc:  # found only once a stage looks (e.g. sft.resume names no checkpoint)
         print(f"error: {exc}", file=sys.stderr)

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 PREVIEW_ROWS = 4
 
 
-def run_preview(cfg: Config, split: str = "val", num_rows: int = PREVIEW_ROWS, engine: LLM | None = None
+def run_preview(cfg: Config, split: str | None = None, num_rows: int = PREVIEW_ROWS, engine: LLM | None = None
                 ) -> list[dict]:
-    """Greedy answers for the first `num_rows` rows of `split`; returns one record per row.
+    """Greedy answers for the first `num_rows` rows of `split` (default: data.val_split); one record per row.
     `engine`: an already running engine on `cfg.model` (tests share one); else one is started."""
     platform = get_platform(cfg.cluster.platform)
     apply_env(platform)
+    split = split or cfg.data.val_split
     rows = load_split(Path(cfg.data.path) / f"{split}.jsonl", frame=cfg.data.coord_frame,
                       on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows[:num_rows]
     engine = engine or build_engine(cfg.model, cfg.rollout, platform)

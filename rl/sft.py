@@ -38,6 +38,7 @@ from rl.sft_data import (
     load_sft_split,
     make_collator,
     report_skipped,
+    sft_split_path,
     to_dataset,
 )
 
@@ -163,7 +164,7 @@ def run_fingerprint(cfg: Config) -> str:
 
     payload = {
         "model": stamp(Path(cfg.model.path) / "config.json"),
-        "train": stamp(data_root(cfg) / "train.jsonl"),
+        "train": stamp(data_root(cfg) / f"{cfg.data.split}.jsonl"),
         "pixels": [cfg.model.min_pixels, cfg.model.max_pixels],
         "frame": cfg.data.coord_frame, "on_error": cfg.data.on_error, "seed": cfg.seed,
         "sft": {k: v for k, v in cfg.sft.model_dump().items() if k not in _NOT_FINGERPRINTED},
@@ -261,10 +262,10 @@ def build_run(cfg: Config) -> SFTRun:
     processor = load_processor(cfg.model)
     train = load_sft_split(cfg, "train", processor)
     val = load_sft_split(cfg, "val", processor)
-    report_skipped(train.skipped, "train")
-    report_skipped(val.skipped, "val")
+    report_skipped(train.skipped, cfg.data.split)
+    report_skipped(val.skipped, cfg.data.val_split)
     if not train.rows:
-        raise DatasetError(f"{data_root(cfg) / 'train.jsonl'}: no usable train rows")
+        raise DatasetError(f"{sft_split_path(cfg, 'train')}: no usable train rows (data.split={cfg.data.split})")
     folder = run_dir(cfg)
     args = training_args(cfg, platform, folder)  # before the model: under ZeRO-3 it then loads partitioned
     resume = find_resume(cfg)

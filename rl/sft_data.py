@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rl.config import Config
-from rl.data import DatasetError, GroundingRow, chat_messages, load_image, load_split
+from rl.data import DatasetError, GroundingRow, chat_messages, load_image, load_split, split_path
 
 if TYPE_CHECKING:
     import datasets
@@ -33,6 +33,13 @@ class SFTSplit:
 
 def data_root(cfg: Config) -> Path:
     return Path(cfg.sft.data_path or cfg.data.path)
+
+
+def sft_split_path(cfg: Config, role: Literal["train", "val"]) -> Path:
+    """The file SFT trains on (`data.split`) or holds out (`data.val_split`), in sft.data_path or data.path;
+    DatasetError naming the file and the key when it is missing."""
+    key = "split" if role == "train" else "val_split"
+    return split_path(data_root(cfg), getattr(cfg.data, key), f"data.{key}")
 
 
 def prompt_text(tokenizer: Any, prompt: str) -> str:
@@ -59,15 +66,13 @@ def image_tokens(processor: Any, row: GroundingRow) -> int:
     return ip.get_number_of_image_patches(height, width) // ip.merge_size**2
 
 
-def load_sft_split(cfg: Config, split: str, processor: Any) -> SFTSplit:
-    """Validated rows of `split` with their token lengths.
+def load_sft_split(cfg: Config, role: Literal["train", "val"], processor: Any) -> SFTSplit:
+    """Validated rows of the train or val split (`sft_split_path`) with their token lengths.
 
     Bad rows (load_split's checks, plus rows longer than model.max_model_len, which would otherwise be
     truncated through the middle of an answer) raise DatasetError naming file:line, or with
     data.on_error=skip are dropped and listed in `skipped`."""
-    path = data_root(cfg) / f"{split}.jsonl"
-    if not path.is_file():
-        raise DatasetError(f"{path}: SFT split not found (sft.data_path or data.path must hold {split}.jsonl)")
+    path = sft_split_path(cfg, role)
     loaded = load_split(path, frame=cfg.data.coord_frame, on_error=cfg.data.on_error,
                         image_roots=cfg.data.image_roots)
     tokenizer = processor.tokenizer
@@ -147,7 +152,7 @@ def generate_answers(model: torch.nn.Module, processor: Any, rows: Sequence[Grou
     return answers
 
 
-def report_skipped(skipped: Sequence[str], split: Literal["train", "val"], limit: int = 10) -> None:
+def report_skipped(skipped: Sequence[str], split: str, limit: int = 10) -> None:
     """Print skipped rows (data.on_error=skip) with their file:line, so nothing disappears silently."""
     if not skipped:
         return

@@ -26,6 +26,7 @@ from typing import Any
 
 from rl import checkpoint
 from rl.config import Config, ConfigError, load_config
+from rl.data import DatasetError, split_path
 from rl.evaluate import HEADLINE, evaluate_split, write_evaluation
 from rl.plots import plot_final_metrics, plot_reward_curves, read_scalars
 from rl.report import summarize, write_report, write_results_csv
@@ -234,7 +235,8 @@ def run_sweep(spec: SweepSpec, run_fn: RunFn | None = None, log: Callable[[str],
     runs = expand(spec)
     configs = validate(spec, runs)
     first = next(iter(configs.values()))
-    prepare(first)  # the model and data every run starts from, built once
+    prepare(first, first.pipeline)  # the model and data every run starts from, built once
+    split_path(first.data.path, spec.evaluation.split, "evaluation.split")  # found now, not after the training
     spec.root().mkdir(parents=True, exist_ok=True)
     (spec.root() / "sweep.json").write_text(spec.model_dump_json(indent=1))
     platform = get_platform(first.cluster.platform)
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, ConfigError) as exc:  # ConfigError: e.g. model.path is no usable checkpoint
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DatasetError as exc:  # e.g. a split file the runs or the evaluation would read is missing
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

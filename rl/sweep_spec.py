@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rl.config import Config, ConfigError, load_config
+from rl.config import Config, ConfigError, SplitName, load_config
 
 NAME = re.compile(r"^[A-Za-z0-9_.,=+-]+$")  # variant names become folder names
 
@@ -39,7 +39,7 @@ class SweepEvaluation(_Strict):
     """How every run's final checkpoint is evaluated (greedy, `rl.evaluate`), with the base config's rewards
     so that `total_reward` means the same for every variant."""
 
-    split: Literal["train", "val", "test"] = "test"
+    split: SplitName = "test"
     max_rows: int = Field(default=0, ge=0)  # 0: the whole split
     gallery_rows: int = Field(default=8, ge=0)
     include_start: bool = True  # also evaluate the checkpoint the runs start from (a `start` row)

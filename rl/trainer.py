@@ -7,7 +7,8 @@
 With `grpo.off_policy_lag: 1` the update runs on a background thread while the next step's prompts go
 through rollouts and rewards (sampled one policy version behind), and the sync waits for both.
 
-Held-out metrics (greedy answers on the val split) are printed before the first and after the last step.
+Held-out metrics (greedy and sampled answers on `grpo.eval_rows` rows of `data.val_split`) are printed before the
+first and after the last step.
 """
 
 from __future__ import annotations
@@ -32,14 +33,11 @@ from actors.rollout import RolloutPool
 from actors.weight_sync import SyncStats, WeightSync, WeightSyncError
 from rl import checkpoint
 from rl.config import Config
-from rl.data import GroundingRow, PromptOrder, load_split
+from rl.data import GroundingRow, PromptOrder, load_split, split_path
 from rl.evaluate import evaluate_rows, evaluate_sampled
 from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
 from rl.grpo import dynamic_sampling_mask, group_advantages
 from rl.platform import get_platform
-
-EVAL_ROWS = 64
-EVAL_SEED = 987_654_321  # the held-out samples are the same before and after, in every run
 
 
 @dataclass
@@ -60,15 +58,22 @@ class Collected:
     version: int = 0  # the oldest policy version the kept samples came from
 
 
+def grpo_rows(cfg: Config) -> tuple[list[GroundingRow], list[GroundingRow]]:
+    """The rows GRPO trains on (`data.split`) and the held-out ones (the first `grpo.eval_rows` of
+    `data.val_split`; none when it is 0), from `data.path`; DatasetError naming a missing file."""
+    def rows(name: str, key: str) -> list[GroundingRow]:
+        return load_split(split_path(cfg.data.path, name, key), frame=cfg.data.coord_frame,
+                          on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
+
+    train = rows(cfg.data.split, "data.split")
+    return train, rows(cfg.data.val_split, "data.val_split")[:cfg.grpo.eval_rows] if cfg.grpo.eval_rows else []
+
+
 class GRPOTrainer:
     def __init__(self, cfg: Config):
         self.cfg, g = cfg, cfg.grpo
         self.platform = get_platform(cfg.cluster.platform)
-        root = Path(cfg.data.path)
-        self.rows = load_split(root / f"{cfg.data.split}.jsonl", frame=cfg.data.coord_frame,
-                               on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
-        self.val_rows = load_split(root / "val.jsonl", frame=cfg.data.coord_frame, on_error=cfg.data.on_error,
-                                   image_roots=cfg.data.image_roots).rows[:EVAL_ROWS]
+        self.rows, self.val_rows = grpo_rows(cfg)
         self.order = PromptOrder(len(self.rows), cfg.seed)
         self.step, self.version = 0, 0
         timeout = cfg.cluster.call_timeout_s
@@ -108,8 +113,10 @@ class GRPOTrainer:
         from tqdm import tqdm
 
         writer = SummaryWriter(self.cfg.logging.dir)
+        held_out = f"{len(self.val_rows)} {self.cfg.data.val_split} rows"
         before = self.evaluate()
-        log(_table(f"held-out before GRPO ({len(self.val_rows)} val rows)", before))
+        if before:
+            log(_table(f"held-out before GRPO ({held_out})", before))
         bar = tqdm(total=self.cfg.grpo.num_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
         while self.step < self.cfg.grpo.num_steps:
             try:
@@ -133,13 +140,18 @@ class GRPOTrainer:
         after = self.evaluate()
         write_scalars(writer, {f"eval/{key}": value for key, value in after.items()}, self.step)
         writer.close()
-        log(_table(f"held-out after GRPO ({len(self.val_rows)} val rows)", after, before))
+        if after:
+            log(_table(f"held-out after GRPO ({held_out})", after, before))
         return {"before": before, "after": after}
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out metrics of greedy answers, and `sampled/...` ones of G seeded samples per val row."""
-        greedy = evaluate_rows(self.pool, self.val_rows, self.cfg.rewards)
-        sampled = evaluate_sampled(self.pool, self.val_rows, self.group_size, EVAL_SEED, self.cfg.rewards)
+        """Held-out metrics of greedy answers, and `sampled/...` ones of G samples per row (seeded with
+        grpo.eval_seed: the same draws before and after); empty when there are no held-out rows."""
+        if not self.val_rows:
+            return {}
+        frame, rewards = self.cfg.data.coord_frame, self.cfg.rewards
+        greedy = evaluate_rows(self.pool, self.val_rows, rewards, frame)
+        sampled = evaluate_sampled(self.pool, self.val_rows, self.group_size, self.cfg.grpo.eval_seed, rewards, frame)
         return greedy | {f"sampled/{k}": v for k, v in sampled.items()}
 
     def train_step(self) -> dict[str, float]:
@@ -368,6 +380,8 @@ class GRPOTrainer:
         from rl.visualize import prediction_grid
 
         rows = self.val_rows[:8]
+        if not rows:  # grpo.eval_rows=0: nothing held out to draw
+            return
         results, _ = self.pool.generate(rows, n=1, greedy=True)
         texts = [r.samples[0].text if r.samples else "" for r in results]
         image = prediction_grid([r.image for r in rows], texts, [r.answer for r in rows], self.cfg.data.coord_frame)

@@ -100,7 +100,7 @@ def test_launch_help_names_the_stages(capsys):
 
 
 def test_launch_rejects_bad_config_before_doing_anything(capsys, monkeypatch):
-    monkeypatch.setattr("rl.launch.prepare", lambda cfg: pytest.fail("prepare ran on a bad config"))
+    monkeypatch.setattr("rl.launch.prepare", lambda cfg, stages: pytest.fail("prepare ran on a bad config"))
     assert main(["grpo.no_such_key=1"]) == 2
     assert "grpo.no_such_key: unknown key" in capsys.readouterr().err
 

@@ -121,8 +121,20 @@ def test_missing_image_is_named_and_long_rows_are_caught(tiny_config, synthetic_
     short = short.model_copy(update={"model": short.model.model_copy(update={"max_model_len": 40})})
     with pytest.raises(DatasetError, match=r"train.jsonl:1: \d+ tokens > model.max_model_len \(40\)"):
         load_sft_split(short, "train", processor)
-    with pytest.raises(DatasetError, match="SFT split not found"):
+    with pytest.raises(DatasetError, match=r"nothing/train.jsonl: dataset split not found \(data.split=train;"):
         load_sft_split(_cfg(tiny_config, data_path=str(tmp_path / "nothing")), "train", processor)
+
+
+def test_sft_trains_on_data_split_and_holds_out_data_val_split(tiny_config, synthetic_dir, processor, tmp_path):
+    rows = [json.loads(line) for line in (synthetic_dir / "train.jsonl").read_text().splitlines()[:5]]
+    rows = [{**row, "image": str(synthetic_dir / row["image"])} for row in rows]
+    _write_split(tmp_path / "d", "mine", rows[:2])
+    folder = _write_split(tmp_path / "d", "held", rows[2:])  # and no train.jsonl or val.jsonl
+    cfg = _images_from(_cfg(tiny_config, data_path=str(folder)), synthetic_dir)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"split": "mine", "val_split": "held"})})
+    train, val = load_sft_split(cfg, "train", processor), load_sft_split(cfg, "val", processor)
+    assert [(r.source.name, r.answer) for r in train.rows] == [("mine.jsonl", row["answer"]) for row in rows[:2]]
+    assert [(r.source.name, r.answer) for r in val.rows] == [("held.jsonl", row["answer"]) for row in rows[2:]]
 
 
 def test_training_arguments_come_from_the_config(tiny_config, tmp_path):
@@ -216,17 +228,17 @@ def test_launch_hands_the_stage_result_to_the_next_stage(monkeypatch):
     from rl import launch
 
     seen = []
-    monkeypatch.setattr(launch, "prepare", lambda cfg: None)
+    monkeypatch.setattr(launch, "prepare", lambda cfg, stages: seen.append(list(stages)))
     monkeypatch.setitem(launch.STAGES, "sft", lambda cfg: continue_from_sft(cfg))
     monkeypatch.setitem(launch.STAGES, "preview", lambda cfg: seen.append(cfg.model.path))
     assert launch.main(["pipeline=[sft,preview]", "sft.output_dir=out/sft"]) == 0
-    assert seen == ["out/sft"]
+    assert seen == [["sft", "preview"], "out/sft"]  # start-up checks the files of every stage first
 
 
 def test_sft_front_door_rejects_bad_input(monkeypatch, capsys):
     from rl import launch, sft
 
-    monkeypatch.setattr(launch, "prepare", lambda cfg: pytest.fail("prepare ran on a bad config"))
+    monkeypatch.setattr(launch, "prepare", lambda cfg, stages: pytest.fail("prepare ran on a bad config"))
     assert sft.main(["sft.nope=1"]) == 2
     assert "sft.nope: unknown key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -236,7 +248,7 @@ def test_sft_front_door_rejects_bad_input(monkeypatch, capsys):
     def bad_rows(cfg):
         raise DatasetError("data/train.jsonl:7: missing key 'answer'")
 
-    monkeypatch.setattr(launch, "prepare", lambda cfg: None)
+    monkeypatch.setattr(launch, "prepare", lambda cfg, stages: None)
     monkeypatch.setitem(launch.STAGES, "sft", bad_rows)
     assert sft.main([]) == 1
     assert "error: data/train.jsonl:7: missing key 'answer'" in capsys.readouterr().err
