@@ -145,6 +145,8 @@ def load_image(path: Path) -> Image.Image:
 
 
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # larger images are bad rows (a 2 GB decode is a denial of service)
+_MAX_PATH = 4096  # Linux's PATH_MAX: no file with a longer path can be opened
+_MAX_REASON = 500  # characters of a reason kept: a 1 MB path must not make a 1 MB log line
 
 
 def _image_problem(path: Path, max_pixels: int, decode: bool) -> str | None:
@@ -161,9 +163,6 @@ def _image_problem(path: Path, max_pixels: int, decode: bool) -> str | None:
     except Exception as e:  # Pillow raises many types for broken files; all mean "unreadable"
         return f"unreadable image {path}: {type(e).__name__}: {e}"
     return None
-
-
-_MAX_PATH = 4096  # Linux's PATH_MAX: no file with a longer path can be opened
 
 
 def _path_problem(image: Path, written: str, roots: Sequence[Path]) -> str | None:
@@ -194,9 +193,6 @@ def _json_line(line: bytes) -> object:
         raise ValueError("invalid JSON (nested too deeply)") from None
     except ValueError as e:  # the int() digit limit; the advice after ':' (sys.set_int_max_str_digits) is not ours
         raise ValueError(f"invalid JSON ({str(e).split(':')[0]})") from None
-
-
-_MAX_REASON = 500  # characters of a reason kept: a 1 MB path must not make a 1 MB log line
 
 
 def _printable(reason: str) -> str:
