@@ -20,6 +20,11 @@ from rl.platform import Platform
 
 Resources = Mapping[str, float]
 NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries it (Ray >= 2.49)
+# A local Ray is sized from the layout (rl.cluster.connect), so Ray's own check always passes there; the
+# machine is the limit. Its logical CPUs are reservations, and the demo's actors mostly wait on each other:
+# it reserves 4 (learner, engine, reward actor, driver) and runs on 2 cores. 4 per core keeps it legal
+# down to 1 core and refuses layouts of a cluster (100 engines, each a process with its own model copy).
+LOCAL_CPUS_PER_CORE = 4
 
 
 class PlacementError(RuntimeError):
@@ -129,6 +134,27 @@ def _shape_problems(cfg: Config, platform: Platform, nodes: Sequence[Resources])
     return []
 
 
+def _keys(cfg: Config, plan: Layout) -> str:
+    """The config keys behind a layout's resources, with their values, for error messages."""
+    return (f"learner.num_learners={plan.learners} x {plan.learner_bundle} (learner.cpus_per_learner="
+            f"{cfg.learner.cpus_per_learner}), rollout.num_workers={plan.engines} x {plan.engine_bundle}, "
+            f"cluster.reward_workers={cfg.cluster.reward_workers} x 1 CPU")
+
+
+def check_machine(cfg: Config, platform: Platform, cores: int) -> Layout:
+    """Check the layout of a local cluster against this machine's `cores`, before Ray starts: at most
+    `LOCAL_CPUS_PER_CORE` reserved CPUs per core, counting the one `connect` adds for the driver.
+    Raises `PlacementError` naming the keys and the numbers."""
+    plan = layout(cfg, platform)
+    need, limit = plan.total()["CPU"] + 1, LOCAL_CPUS_PER_CORE * cores
+    if need > limit:
+        raise PlacementError(
+            f"this machine cannot hold this layout: it reserves {need:g} CPUs ({_keys(cfg, plan)}, + 1 for the "
+            f"driver), more than {LOCAL_CPUS_PER_CORE} per core on this machine's {cores} cores ({limit}); "
+            "lower those keys, or give a Ray cluster (cluster.address)")
+    return plan
+
+
 def validate(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> Layout:
     """Check the layout against the alive nodes' resources (as `ray.nodes()` reports them); raises
     `PlacementError` naming each shortfall and the config keys behind it."""
@@ -137,10 +163,7 @@ def validate(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> Lay
     if platform.has_accelerator:
         problems += _shape_problems(cfg, platform, nodes)
     if problems:
-        raise PlacementError(
-            "the cluster cannot hold this layout: " + "; ".join(problems)
-            + f" (learner.num_learners={plan.learners} x {plan.learner_bundle}, rollout.num_workers={plan.engines}"
-            f" x {plan.engine_bundle}, cluster.reward_workers={cfg.cluster.reward_workers} x 1 CPU)")
+        raise PlacementError(f"the cluster cannot hold this layout: {'; '.join(problems)} ({_keys(cfg, plan)})")
     return plan
 
 

@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike
 
 from actors.remote import ActorCallError, Locatable, Retry, gather, label
 from rewards import RewardConfig, score_batch
+from rewards.config import resolve_extra
 
 
 class RewardServiceError(ActorCallError):
@@ -28,6 +29,8 @@ class RewardService(Locatable):
 
     def __init__(self, name: str, config: RewardConfig):
         self.name, self.config = name, config
+        for path in config.extra:  # imported here, at the actor's start, never while the config is validated
+            resolve_extra(path)
 
     def ping(self) -> str:
         return self.name

@@ -81,7 +81,10 @@ def format_answer(objects: Sequence[tuple[str, Sequence[float]]], frame: int) ->
     return " ".join(f"{label} <box>[{', '.join(boxes)}]</box>" for label, boxes in groups.items())
 
 
-_GROUP = re.compile(r"\s*([^<>\[\]]+?)\s*<box>(.*?)</box>", re.S)
+# The label is taken greedily and stripped afterwards: a lazy label followed by \s* backtracks
+# quadratically on a long run of spaces (a 1 MB answer would take minutes).
+_GROUP = re.compile(r"([^<>\[\]]*)<box>(.*?)</box>", re.S)
+_NON_SPACE = re.compile(r"\S")
 _BOX_LIST = re.compile(r"\s*\[\s*\[[^\[\]]*\](?:\s*,\s*\[[^\[\]]*\])*\s*\]\s*")
 _BOX = re.compile(r"\[([^\[\]]*)\]")
 # Plain decimal numbers only: float() alone would also accept "nan", "inf" and "1_000".
@@ -94,19 +97,20 @@ def parse_reference_boxes(answer: str) -> list[tuple[str, list[list[float]]]]:
         return []
     groups: list[tuple[str, list[list[float]]]] = []
     pos = 0
-    while answer[pos:].strip():
-        m = _GROUP.match(answer, pos)
-        if m is None:
-            raise ValueError(f"unparseable answer at {answer[pos:pos + 40]!r}")
+    while (rest := _NON_SPACE.search(answer, pos)) is not None:  # not answer[pos:]: quadratic in the groups
+        m = _GROUP.match(answer, rest.start())
+        label = m.group(1).strip() if m else ""
+        if not label:
+            raise ValueError(f"unparseable answer at {answer[rest.start():rest.start() + 40]!r}")
         if not _BOX_LIST.fullmatch(m.group(2)):
-            raise ValueError(f"bad box list {m.group(2)!r} for {m.group(1)!r}")
+            raise ValueError(f"bad box list {m.group(2)[:80]!r} for {label!r}")
         boxes = []
         for inner in _BOX.findall(m.group(2)):
             items = [s.strip() for s in inner.split(",")]
             if not all(_NUMBER.fullmatch(s) for s in items):
-                raise ValueError(f"non-numeric box [{inner}] for {m.group(1)!r}")
+                raise ValueError(f"non-numeric box [{inner}] for {label!r}")
             boxes.append([float(s) for s in items])
-        groups.append((m.group(1), boxes))
+        groups.append((label, boxes))
         pos = m.end()
     if not groups:
         raise ValueError("empty answer")
@@ -141,12 +145,14 @@ def load_image(path: Path) -> Image.Image:
 
 
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # larger images are bad rows (a 2 GB decode is a denial of service)
+_MAX_PATH = 4096  # Linux's PATH_MAX: no file with a longer path can be opened
+_MAX_REASON = 500  # characters of a reason kept: a 1 MB path must not make a 1 MB log line
 
 
 def _image_problem(path: Path, max_pixels: int, decode: bool) -> str | None:
-    if not path.is_file():
-        return f"image not found: {path}"
     try:
+        if not path.is_file():  # raises for a name too long for the file system
+            return f"image not found: {path}"
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 return f"image {path} has {im.width}x{im.height} pixels, more than the limit of {max_pixels}"
@@ -162,6 +168,8 @@ def _image_problem(path: Path, max_pixels: int, decode: bool) -> str | None:
 def _path_problem(image: Path, written: str, roots: Sequence[Path]) -> str | None:
     """Why the image path may not be read: it resolves (after `..` and symlinks) outside every allowed folder.
     A dataset row must not make training read, feed to the model and log /etc/shadow or ~/.ssh/id_rsa."""
+    if len(written) > _MAX_PATH:  # resolving 500,000 components one by one takes minutes
+        return f"image path of {len(written)} characters, longer than the limit of {_MAX_PATH}"
     try:
         resolved = image.resolve()
     except (OSError, ValueError, RuntimeError) as e:  # NUL byte, symlink loop
@@ -171,14 +179,38 @@ def _path_problem(image: Path, written: str, roots: Sequence[Path]) -> str | Non
     return None
 
 
-def _parse_row(text: str, folder: Path, roots: Sequence[Path], frame: int, check_images: bool,
+def _json_line(line: bytes) -> object:
+    """The line's JSON value; ValueError with the reason for anything Python's parser chokes on."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError("invalid JSON (nested too deeply)") from None
+    except ValueError as e:  # the int() digit limit; the advice after ':' (sys.set_int_max_str_digits) is not ours
+        raise ValueError(f"invalid JSON ({str(e).split(':')[0]})") from None
+
+
+def _printable(reason: str) -> str:
+    """The reason as a terminal or log may show it: control characters and lone surrogates (a JSON
+    "\\udc80" decodes to one and cannot be printed as UTF-8) escaped, long text cut."""
+    if len(reason) > _MAX_REASON:
+        reason = f"{reason[:_MAX_REASON]}... ({len(reason)} characters)"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
+
+
+def _parse_row(line: bytes, folder: Path, roots: Sequence[Path], frame: int, check_images: bool,
                max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False) -> GroundingRow | str:
     """The row, or the reason it is bad (source and line are filled in by the caller). `roots`: the
     resolved folders its image may lie in (the dataset folder and `data.image_roots`)."""
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return f"invalid JSON ({e})"
+        obj = _json_line(line)
+    except ValueError as e:
+        return str(e)
     if not isinstance(obj, dict):
         return "row is not a JSON object"
     for key in ("image", "prompt", "answer"):
@@ -216,17 +248,20 @@ def load_split(path: Path, *, frame: int = 1000, on_error: Literal["raise", "ski
     roots = [Path(root).resolve() for root in (path.parent, *image_roots)]
     rows: list[GroundingRow] = []
     skipped: list[str] = []
-    with path.open(encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark from Windows editors
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
+    # Bytes, decoded line by line: a line that is not UTF-8 is one bad row, not the end of the file.
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if number == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # tolerate a byte-order mark from Windows editors
+            if not line.strip():
                 continue  # blank lines (e.g. a trailing newline) are not rows
-            result = _parse_row(text, path.parent, roots, frame, check_images, max_pixels, decode)
+            result = _parse_row(line, path.parent, roots, frame, check_images, max_pixels, decode)
             if isinstance(result, GroundingRow):
                 rows.append(GroundingRow(result.image, result.prompt, result.answer, path, number))
             elif on_error == "raise":
-                raise DatasetError(f"{path}:{number}: {result}")
+                raise DatasetError(f"{path}:{number}: {_printable(result)}")
             else:
-                skipped.append(f"{path}:{number}: {result}")
+                skipped.append(f"{path}:{number}: {_printable(result)}")
     return LoadedSplit(rows=rows, skipped=skipped)
 
 

@@ -95,14 +95,20 @@ def main(argv: list[str] | None = None, *, stages: list[str] | None = None, prog
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    from actors.placement import PlacementError
     from rl.data import DatasetError
 
     try:
         stages = stages or cfg.pipeline
+        if "grpo" in stages:  # a layout this machine cannot hold fails before SFT's hours
+            from rl.cluster import check_local_layout
+            from rl.platform import get_platform
+
+            check_local_layout(cfg, get_platform(cfg.cluster.platform))
         prepare(cfg, stages)
         for stage in stages:
             cfg = STAGES[stage](cfg) or cfg
-    except ConfigError as exc:  # found only once a stage looks (e.g. sft.resume names no checkpoint)
+    except (ConfigError, PlacementError) as exc:  # found once a stage looks (sft.resume names nothing, a layout)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DatasetError as exc:  # a bad row (file:line) or an image that does not load (its path)

@@ -66,3 +66,19 @@ def test_a_late_answer_is_named(pool: RewardPool) -> None:
     finally:
         pool.timeout_s = saved
     assert pool.gather(pending).values["total"].shape == (8000,)  # the work itself was not lost
+
+
+def test_extra_rewards_are_imported_by_the_actors(ray_session) -> None:  # noqa: ANN001
+    path = "tests.integration.extra_rewards:response_length"
+    pool = RewardPool(RewardConfig(extra={path: 2.0}), num_actors=1, timeout_s=120, name_prefix="reward-extra")
+    try:
+        batch = pool.score(["x" * 10, "x" * 80], ["r", "r"])
+    finally:
+        pool.shutdown()
+    np.testing.assert_allclose(batch.values[path], [0.25, 1.0])
+    base = score_batch(["x" * 10, "x" * 80], ["r", "r"])["total"]
+    np.testing.assert_allclose(batch.values["total"], base + 2.0 * np.array([0.25, 1.0]))
+    bad = "tests.unit.rewards_extra:one_argument"  # a valid name; only the import shows it is no reward
+    refusal = r"(?s)reward-bad-0 died during start.*must be callable as function\(completion, reference\)"
+    with pytest.raises(RewardServiceError, match=refusal):
+        RewardPool(RewardConfig(extra={bad: 1.0}), num_actors=1, timeout_s=120, name_prefix="reward-bad")

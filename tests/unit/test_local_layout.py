@@ -1,0 +1,87 @@
+"""A local cluster (no cluster.address, no RAY_ADDRESS) is this machine: a layout it cannot hold fails
+before Ray starts, naming the keys and the numbers; the demo's layouts stay legal down to one core."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from actors.placement import LOCAL_CPUS_PER_CORE, PlacementError, check_machine
+from rl import cluster
+from rl.config import load_config
+from rl.platform import get_platform
+
+CPU = get_platform("cpu")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("cores", [1, 2])
+def test_the_demo_layouts_fit_small_machines(name: str, cores: int) -> None:
+    plan = check_machine(load_config(REPO / "conf" / name), CPU, cores)
+    assert plan.total() == {"CPU": 3.0}  # learner, engine, reward actor; + 1 for the driver = 4 per core at 1 core
+
+
+def test_an_impossible_layout_names_the_keys_and_the_numbers() -> None:
+    cfg = load_config(overrides=["rollout.num_workers=100"])
+    with pytest.raises(PlacementError) as err:
+        check_machine(cfg, CPU, cores=2)
+    assert str(err.value) == (
+        "this machine cannot hold this layout: it reserves 103 CPUs (learner.num_learners=1 x {'CPU': 1.0} "
+        "(learner.cpus_per_learner=1), rollout.num_workers=100 x {'CPU': 1.0}, cluster.reward_workers=1 x 1 CPU, "
+        "+ 1 for the driver), more than 4 per core on this machine's 2 cores (8); lower those keys, or give a "
+        "Ray cluster (cluster.address)")
+
+
+@pytest.mark.parametrize(("overrides", "need"), [
+    (["learner.cpus_per_learner=6"], 9), (["cluster.reward_workers=6"], 9),
+    (["learner.num_learners=2", "learner.cpus_per_learner=3", "rollout.num_workers=2"], 10)])
+def test_the_limit_is_four_reserved_cpus_per_core(overrides: list[str], need: int) -> None:
+    cfg = load_config(overrides=overrides)
+    cores = need // LOCAL_CPUS_PER_CORE  # one core short of need
+    with pytest.raises(PlacementError, match=rf"it reserves {need} CPUs .* on this machine's {cores} cores "
+                                              rf"\({LOCAL_CPUS_PER_CORE * cores}\)"):
+        check_machine(cfg, CPU, cores)
+    assert check_machine(cfg, CPU, cores + 1).total()["CPU"] == need - 1
+
+
+def test_connect_refuses_before_ray_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(cluster, "machine_cores", lambda: 2)
+    with pytest.raises(PlacementError, match=re.escape("rollout.num_workers=100 x")):
+        cluster.connect(load_config(overrides=["rollout.num_workers=100"]), CPU)
+    assert not ray.is_initialized()
+
+
+def test_a_configured_cluster_is_not_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster, "machine_cores", lambda: 1)
+    big = ["rollout.num_workers=100"]
+    cluster.check_local_layout(load_config(overrides=[*big, "cluster.address=10.0.0.1:6379"]), CPU)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # ray job submit
+    cluster.check_local_layout(load_config(overrides=big), CPU)
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(PlacementError, match="1 cores"):
+        cluster.check_local_layout(load_config(overrides=big), CPU)
+
+
+def test_machine_cores_is_this_process_share() -> None:
+    import os
+
+    assert cluster.machine_cores() == len(os.sched_getaffinity(0))
+
+
+def test_launch_fails_before_preparing_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from rl.launch import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(cluster, "machine_cores", lambda: 2)
+    data = tmp_path / "data"
+    assert main(["cluster.platform=cpu", "rollout.num_workers=100", f"data.path={data}",
+                 f"model.path={tmp_path / 'model'}"]) == 2
+    assert "error: this machine cannot hold this layout: it reserves 103 CPUs" in capsys.readouterr().err
+    assert not data.exists() and not (tmp_path / "model").exists()  # neither generated nor built
