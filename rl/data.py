@@ -429,10 +429,13 @@ class PromptOrder:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`check FILE.jsonl ...`: one `FILE:LINE: reason` line per bad row, then `N rows, K bad`; exit 1 if
-    any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image."""
+    any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image.
+    `convert FORMAT SRC --out OUT.jsonl`: foreign datasets to our rows (rl/convert.py)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m rl.data", description="Validate grounding datasets.")
+    from rl.convert import add_convert_parser, run_convert  # here: rl.convert imports this module
+
+    parser = argparse.ArgumentParser(prog="python -m rl.data", description="Validate or convert grounding datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate JSONL files without training")
     check.add_argument("files", nargs="+", type=Path)
@@ -441,7 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--image-root", action="append", default=[], type=Path, metavar="DIR",
                        help="a folder image paths may point into besides the file's own (data.image_roots); "
                             "repeatable")
+    add_convert_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        return run_convert(args)
     rows = bad = 0
     for file in args.files:
         try:
