@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from rl.data import _path_problem, format_answer, make_prompt, parse_reference_boxes
+from rl.data import NO_FINDINGS, _path_problem, format_answer, make_prompt, parse_reference_boxes
 
 FORMATS: tuple[str, ...] = ("coco", "refcoco", "pixels")
 # Qwen2.5-VL's image processor: 14-pixel patches merged 2x2, so resized sides are multiples of 28; the
@@ -138,9 +138,8 @@ def _box(values: object) -> list[float] | None:
     return [float(v) for v in values]
 
 
-def _fit(box: list[float], width: int, height: int, opts: Options, where: str,
-         report: Report) -> list[float] | str:
-    """The box inside the width x height grid (clipped when allowed, and then recorded), or why not."""
+def _fit(box: list[float], width: int, height: int, clip: bool, clips: list[str]) -> list[float] | str:
+    """The box inside the width x height grid (clipped when allowed, noted in `clips`), or why not."""
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         return f"box {_show(box)} has x2 <= x1 or y2 <= y1"
@@ -148,11 +147,11 @@ def _fit(box: list[float], width: int, height: int, opts: Options, where: str,
               min(max(x2, 0.0), float(width)), min(max(y2, 0.0), float(height))]
     if inside == box:
         return box
-    if not opts.clip:
+    if not clip:
         return f"box {_show(box)} reaches outside the {width}x{height} image (--out-of-bounds reject)"
     if inside[2] <= inside[0] or inside[3] <= inside[1]:
         return f"box {_show(box)} lies outside the {width}x{height} image"
-    report.clipped.append(f"{where}: box {_show(box)} clipped to {_show(inside)}")
+    clips.append(f"box {_show(box)} clipped to {_show(inside)}")
     return inside
 
 
@@ -169,41 +168,42 @@ def _image_ref(path: Path, opts: Options) -> str:
 
 def build_row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, where: str,
               report: Report) -> None:
-    """Append the row of one image to report.rows, or its reason to report.problems."""
+    """Append the row of one image (and its clipped boxes) to the report, or the reason it has none."""
+    clips: list[str] = []
+    row = _row(written, prompt, objects, opts, clips)
+    if isinstance(row, str):
+        report.problems.append(f"{where}: {row}")
+        return
+    report.rows.append(row)
+    report.negatives += row["answer"] == NO_FINDINGS
+    report.clipped += [f"{where}: {clip}" for clip in clips]
+
+
+def _row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, clips: list[str]) -> dict | str:
     image = opts.images / written
     if reason := _path_problem(image, written, [opts.images.resolve()]):
-        report.problems.append(f"{where}: {reason} (--images {opts.images})")
-        return
+        return f"{reason} (--images {opts.images})"
     size = image_size(image)
     if isinstance(size, str):
-        report.problems.append(f"{where}: {size}")
-        return
+        return size
     width, height = opts.pixels.size(*size)
     framed = []
-    clipped_before = len(report.clipped)
     for label, box in objects:
-        fitted = _fit(list(box), width, height, opts, where, report)
+        fitted = _fit(list(box), width, height, opts.clip, clips)
         if isinstance(fitted, str):
-            del report.clipped[clipped_before:]  # the record is rejected: its clips did not happen
-            report.problems.append(f"{where}: {fitted} (label {label!r})")
-            return
+            return f"{fitted} (label {label!r})"
         framed.append((label, pixel_to_frame(fitted, width, height, opts.frame)))
     # Canonical order, as the synthetic data: labels as the source lists them, then top-down, left-right.
-    ranks = {label: i for i, (label, _) in reversed(list(enumerate(framed)))}
-    framed.sort(key=lambda o: (ranks[o[0]], o[1][1], o[1][0]))
+    labels = list(dict.fromkeys(label for label, _ in framed))
+    framed.sort(key=lambda o: (labels.index(o[0]), o[1][1], o[1][0]))
     try:
         answer = format_answer(framed, opts.frame)
         written_labels = [label for label, _ in parse_reference_boxes(answer)]
     except ValueError as e:  # a box under one frame unit wide after rounding, or a label with < > [ ]
-        del report.clipped[clipped_before:]
-        report.problems.append(f"{where}: {e} in the 0-{opts.frame} frame")
-        return
-    if written_labels != list(dict.fromkeys(label.strip() for label, _ in framed)):
-        del report.clipped[clipped_before:]
-        report.problems.append(f"{where}: labels {sorted(ranks)} cannot be written as answer labels")
-        return
-    report.rows.append({"image": _image_ref(image, opts), "prompt": prompt, "answer": answer})
-    report.negatives += not framed
+        return f"{e} in the 0-{opts.frame} frame"
+    if written_labels != labels:
+        return f"labels {labels} cannot be written as answer labels"
+    return {"image": _image_ref(image, opts), "prompt": prompt, "answer": answer}
 
 
 # ---------------------------------------------------------------- COCO detection json
@@ -351,21 +351,18 @@ class PixelKeys:
 def convert_pixels(src: Path, opts: Options, report: Report, keys: PixelKeys) -> None:
     """One record per box ({image, label, box}); the records of one image become one row, in file order.
     A record with an image and no label and no box marks an image without objects (a negative)."""
-    groups: dict[str, tuple[str, list[Obj | None]]] = {}
-    bad: dict[str, str] = {}
+    groups: dict[str, list[tuple[str, Obj | str | None]]] = {}  # image -> its records (where, object)
     for where, record in _pixel_records(src, keys):
-        image = record[0] if isinstance(record, tuple) else None
-        if isinstance(record, str) or not image:
-            report.problems.append(f"{where}: {record if isinstance(record, str) else 'no image path'}")
-            continue
-        groups.setdefault(image, (where, []))[1].append(record[1])
-        if isinstance(record[1], str):
-            bad.setdefault(image, f"{where}: {record[1]}")
-    for image, (where, objects) in groups.items():
-        if image in bad:
-            report.problems.append(f"{bad[image]} (image {image}, first record {where}: the image is left out)")
+        if isinstance(record, str):
+            report.problems.append(f"{where}: {record}")
         else:
-            build_row(image, opts.prompt, [o for o in objects if o is not None], opts, where, report)
+            groups.setdefault(record[0], []).append((where, record[1]))
+    for image, records in groups.items():
+        first = records[0][0]
+        if bad := next(((w, o) for w, o in records if isinstance(o, str)), None):
+            report.problems.append(f"{bad[0]}: {bad[1]} (image {image}, first record {first}: the image is left out)")
+        else:
+            build_row(image, opts.prompt, [o for _, o in records if o is not None], opts, first, report)
 
 
 def _pixel_records(src: Path, keys: PixelKeys) -> Iterator[tuple[str, tuple[str, Obj | str | None] | str]]:
@@ -380,7 +377,11 @@ def _pixel_records(src: Path, keys: PixelKeys) -> Iterator[tuple[str, tuple[str,
                 for row in reader:
                     values = [row[c].strip() if row[c] else "" for c in keys.columns]
                     box: object = None if not any(values) else _csv_numbers(values)
-                    yield f"{src}:{reader.line_num}", (row[keys.image], _pixel_object(row[keys.label], box, keys))
+                    where = f"{src}:{reader.line_num}"
+                    if not row[keys.image]:
+                        yield where, f"empty {keys.image!r}"
+                    else:
+                        yield where, (row[keys.image], _pixel_object(row[keys.label], box, keys))
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise ConvertError(f"{src}: cannot read ({e})") from e
         return
@@ -390,8 +391,8 @@ def _pixel_records(src: Path, keys: PixelKeys) -> Iterator[tuple[str, tuple[str,
         except json.JSONDecodeError as e:
             yield f"{src}:{number}", f"invalid JSON ({e})"
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get(keys.image), str):
-            yield f"{src}:{number}", f"not an object with a string {keys.image!r}"
+        if not isinstance(obj, dict) or not isinstance(obj.get(keys.image), str) or not obj[keys.image]:
+            yield f"{src}:{number}", f"not an object with a non-empty string {keys.image!r}"
             continue
         yield f"{src}:{number}", (obj[keys.image], _pixel_object(obj.get(keys.label), obj.get(keys.box), keys))
 
