@@ -167,10 +167,11 @@ def _image_ref(path: Path, opts: Options) -> str:
 
 
 def build_row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, where: str,
-              report: Report) -> None:
-    """Append the row of one image (and its clipped boxes) to the report, or the reason it has none."""
+              report: Report, grid: tuple[int, int] | None = None) -> None:
+    """Append the row of one image (and its clipped boxes) to the report, or the reason it has none.
+    `grid`: (width, height) the boxes count pixels of, when the source says (else from the image)."""
     clips: list[str] = []
-    row = _row(written, prompt, objects, opts, clips)
+    row = _row(written, prompt, objects, opts, clips, grid)
     if isinstance(row, str):
         report.problems.append(f"{where}: {row}")
         return
@@ -179,14 +180,15 @@ def build_row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, 
     report.clipped += [f"{where}: {clip}" for clip in clips]
 
 
-def _row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, clips: list[str]) -> dict | str:
+def _row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, clips: list[str],
+         grid: tuple[int, int] | None) -> dict | str:
     image = opts.images / written
     if reason := _path_problem(image, written, [opts.images.resolve()]):
         return f"{reason} (--images {opts.images})"
     size = image_size(image)
     if isinstance(size, str):
         return size
-    width, height = opts.pixels.size(*size)
+    width, height = grid or opts.pixels.size(*size)
     framed = []
     for label, box in objects:
         fitted = _fit(list(box), width, height, opts.clip, clips)
@@ -211,7 +213,8 @@ def _row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, clips
 
 def convert_coco(src: Path, opts: Options, report: Report, crowd: str = "skip") -> None:
     """COCO detection json: one row per entry of `images`, its annotations grouped by category name,
-    an image without annotations a negative. bbox is [x, y, width, height] in original pixels.
+    an image without annotations a negative. bbox is [x, y, width, height] in pixels of the entry's
+    width x height (the file's size where those are missing).
     iscrowd=1 boxes (one box around a crowd) are left out and counted (`crowd="skip"`) or kept."""
     try:
         data = json.loads(src.read_text(encoding="utf-8-sig"))
@@ -236,10 +239,18 @@ def convert_coco(src: Path, opts: Options, report: Report, crowd: str = "skip") 
         if isinstance(objects, str):
             report.problems.append(f"{where}: {objects}")
         else:
-            build_row(img["file_name"], opts.prompt, objects, opts, where, report)
+            build_row(img["file_name"], opts.prompt, objects, opts, where, report, _coco_grid(img))
     for key, anns in by_image.items():
         if key not in known:
             report.problems.append(f"{src}: {len(anns)} annotation(s) name image_id {key!r}, which is not in 'images'")
+
+
+def _coco_grid(img: dict) -> tuple[int, int] | None:
+    """COCO boxes count pixels of the image's `width` x `height`: the frame stays right for a resized copy
+    of the images. Without both, the image file's own size."""
+    width, height = img.get("width"), img.get("height")
+    ok = all(type(v) in (int, float) and math.isfinite(v) and v > 0 for v in (width, height))
+    return (width, height) if ok else None
 
 
 def _coco_objects(anns: list[dict], names: dict, crowd: str, where: str, report: Report) -> list[Obj] | str:

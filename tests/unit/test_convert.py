@@ -146,6 +146,17 @@ def test_coco_rows_that_cannot_convert_are_named_and_counted(tmp_path, capsys):
     assert "wrote nothing" in capsys.readouterr().out and not (tmp_path / "s.jsonl").exists()
 
 
+def test_coco_boxes_count_the_json_size_so_resized_image_copies_still_fit(tmp_path):
+    path = write_coco(tmp_path)
+    data = json.loads(path.read_text())
+    Image.new("RGB", (50, 30), (32, 32, 32)).save(tmp_path / "images" / "c.png")  # a half-size copy of 100x60
+    data["images"][1].pop("width")  # b.png: no width, the file's size is used
+    path.write_text(json.dumps(data))
+    assert _convert("coco", path, "--images", tmp_path / "images", "--out", tmp_path / "o.jsonl") == 0
+    assert [r["answer"] for r in _rows(tmp_path / "o.jsonl")][1:] == ["No findings.",
+                                                                      "dog <box>[[200, 167, 800, 833]]</box>"]
+
+
 def test_out_is_never_overwritten_without_force(tmp_path, capsys):
     coco = write_coco(tmp_path)
     out = tmp_path / "train.jsonl"
