@@ -165,7 +165,7 @@ def _image_problem(path: Path, max_pixels: int, decode: bool) -> str | None:
     return None
 
 
-def _path_problem(image: Path, written: str, roots: Sequence[Path]) -> str | None:
+def path_problem(image: Path, written: str, roots: Sequence[Path]) -> str | None:
     """Why the image path may not be read: it resolves (after `..` and symlinks) outside every allowed folder.
     A dataset row must not make training read, feed to the model and log /etc/shadow or ~/.ssh/id_rsa."""
     if len(written) > _MAX_PATH:  # resolving 500,000 components one by one takes minutes
@@ -228,8 +228,8 @@ def _parse_row(line: bytes, folder: Path, roots: Sequence[Path], frame: int, che
         for box in boxes:
             if reason := _box_problem(box, frame):
                 return f"{reason} (label {label!r})"
-    image = folder / obj["image"]  # an absolute "image" replaces folder; _path_problem then vets it
-    if reason := _path_problem(image, obj["image"], roots):
+    image = folder / obj["image"]  # an absolute "image" replaces folder; path_problem then vets it
+    if reason := path_problem(image, obj["image"], roots):
         return reason
     if check_images and (reason := _image_problem(image, max_pixels, decode)):
         return reason
@@ -473,10 +473,13 @@ class PromptOrder:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`check FILE.jsonl ...`: one `FILE:LINE: reason` line per bad row, then `N rows, K bad`; exit 1 if
-    any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image."""
+    any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image.
+    `convert FORMAT SRC --out OUT.jsonl`: foreign datasets to our rows (rl/convert.py)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m rl.data", description="Validate grounding datasets.")
+    from rl.convert import add_convert_parser, run_convert  # here: rl.convert imports this module
+
+    parser = argparse.ArgumentParser(prog="python -m rl.data", description="Validate or convert grounding datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate JSONL files without training")
     check.add_argument("files", nargs="+", type=Path)
@@ -485,7 +488,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--image-root", action="append", default=[], type=Path, metavar="DIR",
                        help="a folder image paths may point into besides the file's own (data.image_roots); "
                             "repeatable")
+    add_convert_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        return run_convert(args)
     rows = bad = 0
     for file in args.files:
         try:

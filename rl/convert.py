@@ -1,0 +1,541 @@
+"""Foreign grounding datasets to our JSONL rows (`python -m rl.data convert FORMAT SRC --out OUT.jsonl`).
+
+Formats: COCO detection json (`coco`), RefCOCO / VLM-R1 REC and OVD jsonl (`refcoco`), and jsonl or csv
+with one pixel box per record (`pixels`). Boxes arrive in pixels, either of the original image or of the
+image as a Qwen2.5-VL processor resized it (`smart_resize`), and leave in the 0..frame relative frame of
+Qwen3-VL: x_frame = x_pixel / width * frame. Every record that cannot be converted is named with its reason
+and counted; nothing is dropped silently (docs/data.md, "Your own data").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from rl.data import NO_FINDINGS, path_problem, format_answer, make_prompt, parse_reference_boxes
+
+FORMATS: tuple[str, ...] = ("coco", "refcoco", "pixels")
+# Qwen2.5-VL's image processor: 14-pixel patches merged 2x2, so resized sides are multiples of 28; the
+# pixel bounds are its preprocessor_config.json defaults (and VLM-R1's --min_pixels / --max_pixels).
+QWEN25_PATCH_SIZE, QWEN25_MERGE_SIZE = 14, 2
+QWEN25_MIN_PIXELS, QWEN25_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
+REC_PROMPT = "Find {phrase} in the image. Answer as: Label <box>[[x1, y1, x2, y2]]</box>, coordinates 0-{frame}."
+# VLM-R1's REC question ("...this sentence describes: the man in red."): the phrase is what follows it.
+_REC_QUESTION = re.compile(r"^.*?please provide the bounding box coordinates? of the region this sentence "
+                           r"describes\s*:?\s*", re.I | re.S)
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+
+
+class ConvertError(ValueError):
+    """The source as a whole cannot be read (not one bad record); the message names the file."""
+
+
+# ---------------------------------------------------------------- coordinate frames
+
+
+def smart_resize(height: int, width: int, factor: int = QWEN25_PATCH_SIZE * QWEN25_MERGE_SIZE,
+                 min_pixels: int = QWEN25_MIN_PIXELS, max_pixels: int = QWEN25_MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) of the image a Qwen2.5-VL processor feeds the model: each side rounded to a multiple
+    of `factor`, then both scaled (aspect kept) into [min_pixels, max_pixels]. The rule of transformers'
+    Qwen2-VL image processor, written out because that one pulls in torch and refuses aspect ratios over
+    200 (its processor's limit, not the geometry's); tests/unit/test_convert.py checks that they agree."""
+    if min(height, width) < 1:
+        raise ValueError(f"image size {width}x{height} has an empty side")
+    h_bar = round(height / factor) * factor  # a side under factor / 2 rounds to 0: the min_pixels branch
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+@dataclass(frozen=True)
+class PixelFrame:
+    """Which pixels the source boxes count: the original image's (`resized=False`) or those of the image
+    a Qwen2.5-VL processor resized with these settings."""
+
+    resized: bool = False
+    factor: int = QWEN25_PATCH_SIZE * QWEN25_MERGE_SIZE
+    min_pixels: int = QWEN25_MIN_PIXELS
+    max_pixels: int = QWEN25_MAX_PIXELS
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the pixel grid the boxes of a width x height image are written in."""
+        if not self.resized:
+            return width, height
+        h, w = smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
+        return w, h
+
+
+def pixel_to_frame(box: Sequence[float], width: float, height: float, frame: int) -> list[float]:
+    """An xyxy pixel box of a width x height grid in the 0..frame relative frame (unrounded)."""
+    x1, y1, x2, y2 = box
+    return [x1 / width * frame, y1 / height * frame, x2 / width * frame, y2 / height * frame]
+
+
+def frame_to_pixel(box: Sequence[float], width: float, height: float, frame: int) -> list[float]:
+    """The inverse of `pixel_to_frame`: where a frame box lands on a width x height pixel grid."""
+    x1, y1, x2, y2 = box
+    return [x1 * width / frame, y1 * height / frame, x2 * width / frame, y2 * height / frame]
+
+
+# ---------------------------------------------------------------- one image to one row
+
+
+@dataclass
+class Options:
+    images: Path  # the folder image paths in the source are relative to
+    out_dir: Path  # OUT's folder: written image paths are relative to it when the image lies inside
+    frame: int = 1000
+    prompt: str = ""
+    pixels: PixelFrame = field(default_factory=PixelFrame)
+    clip: bool = True  # boxes reaching outside the image: clip them (True) or reject the record (False)
+
+
+@dataclass
+class Report:
+    rows: list[dict] = field(default_factory=list)
+    negatives: int = 0
+    problems: list[str] = field(default_factory=list)  # "where: reason" per record not converted
+    clipped: list[str] = field(default_factory=list)  # "where: box [..] clipped to [..]"
+    notes: list[str] = field(default_factory=list)  # counted, deliberate leave-outs (COCO crowd boxes)
+
+
+Obj = tuple[str, Sequence[float]]  # (label, xyxy box in source pixels)
+
+
+def image_size(path: Path) -> tuple[int, int] | str:
+    """(width, height) from the image header (PIL opens lazily, nothing is decoded), or why not."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        return f"image not found: {path}"
+    except Exception as e:  # Pillow raises many types for broken files; all mean "unreadable"
+        return f"unreadable image {path}: {type(e).__name__}: {e}"
+
+
+def _box(values: object) -> list[float] | None:
+    if not isinstance(values, list | tuple) or len(values) != 4:
+        return None
+    if not all(type(v) in (int, float) and math.isfinite(v) for v in values):  # bool is not a coordinate
+        return None
+    return [float(v) for v in values]
+
+
+def _fit(box: list[float], width: int, height: int, clip: bool, clips: list[str]) -> list[float] | str:
+    """The box inside the width x height grid (clipped when allowed, noted in `clips`), or why not."""
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        return f"box {_show(box)} has x2 <= x1 or y2 <= y1"
+    inside = [min(max(x1, 0.0), float(width)), min(max(y1, 0.0), float(height)),
+              min(max(x2, 0.0), float(width)), min(max(y2, 0.0), float(height))]
+    if inside == box:
+        return box
+    if not clip:
+        return f"box {_show(box)} reaches outside the {width}x{height} image (--out-of-bounds reject)"
+    if inside[2] <= inside[0] or inside[3] <= inside[1]:
+        return f"box {_show(box)} lies outside the {width}x{height} image"
+    clips.append(f"box {_show(box)} clipped to {_show(inside)}")
+    return inside
+
+
+def _show(box: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"  # 110, not 110.0, as the source wrote it
+
+
+def _image_ref(path: Path, opts: Options) -> str:
+    """How OUT names the image: relative to OUT's folder when inside it, else absolute (then the folder
+    must be listed in data.image_roots, which the summary says)."""
+    resolved, out_dir = path.resolve(), opts.out_dir.resolve()
+    return resolved.relative_to(out_dir).as_posix() if resolved.is_relative_to(out_dir) else str(resolved)
+
+
+def build_row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, where: str,
+              report: Report, grid: tuple[int, int] | None = None) -> None:
+    """Append the row of one image (and its clipped boxes) to the report, or the reason it has none.
+    `grid`: (width, height) the boxes count pixels of, when the source says (else from the image)."""
+    clips: list[str] = []
+    row = _row(written, prompt, objects, opts, clips, grid)
+    if isinstance(row, str):
+        report.problems.append(f"{where}: {row}")
+        return
+    report.rows.append(row)
+    report.negatives += row["answer"] == NO_FINDINGS
+    report.clipped += [f"{where}: {clip}" for clip in clips]
+
+
+def _row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, clips: list[str],
+         grid: tuple[int, int] | None) -> dict | str:
+    image = opts.images / written
+    if reason := path_problem(image, written, [opts.images.resolve()]):
+        return f"{reason} (--images {opts.images})"
+    size = image_size(image)
+    if isinstance(size, str):
+        return size
+    width, height = grid or opts.pixels.size(*size)
+    framed = []
+    for label, box in objects:
+        fitted = _fit(list(box), width, height, opts.clip, clips)
+        if isinstance(fitted, str):
+            return f"{fitted} (label {label!r})"
+        framed.append((label, pixel_to_frame(fitted, width, height, opts.frame)))
+    # Canonical order, as the synthetic data: labels as the source lists them, then top-down, left-right.
+    labels = list(dict.fromkeys(label for label, _ in framed))
+    framed.sort(key=lambda o: (labels.index(o[0]), o[1][1], o[1][0]))
+    try:
+        answer = format_answer(framed, opts.frame)
+        written_labels = [label for label, _ in parse_reference_boxes(answer)]
+    except ValueError as e:  # a box under one frame unit wide after rounding, or a label with < > [ ]
+        return f"{e} in the 0-{opts.frame} frame"
+    if written_labels != labels:
+        return f"labels {labels} cannot be written as answer labels"
+    return {"image": _image_ref(image, opts), "prompt": prompt, "answer": answer}
+
+
+# ---------------------------------------------------------------- COCO detection json
+
+
+def convert_coco(src: Path, opts: Options, report: Report, crowd: str = "skip") -> None:
+    """COCO detection json: one row per entry of `images`, its annotations grouped by category name,
+    an image without annotations a negative. bbox is [x, y, width, height] in pixels of the entry's
+    width x height (the file's size where those are missing).
+    iscrowd=1 boxes (one box around a crowd) are left out and counted (`crowd="skip"`) or kept."""
+    try:
+        data = json.loads(src.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"{src}: not a readable COCO json ({e})") from e
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
+                                                                                      "categories")):
+        raise ConvertError(f"{src}: a COCO detection json needs lists 'images', 'annotations' and 'categories'")
+    names = {c.get("id"): c.get("name") for c in data["categories"] if isinstance(c, dict)}
+    by_image: dict[object, list[dict]] = {}
+    for ann in data["annotations"]:
+        key = ann.get("image_id") if isinstance(ann, dict) else None
+        by_image.setdefault(key, []).append(ann)
+    known = set()
+    for img in data["images"]:
+        if not isinstance(img, dict) or not isinstance(img.get("file_name"), str):
+            report.problems.append(f"{src}: image entry {str(img)[:80]} has no string 'file_name'")
+            continue
+        known.add(img.get("id"))
+        where = f"{src}: image id {img.get('id')} ({img['file_name']})"
+        objects = _coco_objects(by_image.get(img.get("id"), []), names, crowd, where, report)
+        if isinstance(objects, str):
+            report.problems.append(f"{where}: {objects}")
+        else:
+            build_row(img["file_name"], opts.prompt, objects, opts, where, report, _coco_grid(img))
+    for key, anns in by_image.items():
+        if key not in known:
+            report.problems.append(f"{src}: {len(anns)} annotation(s) name image_id {key!r}, which is not in 'images'")
+
+
+def _coco_grid(img: dict) -> tuple[int, int] | None:
+    """COCO boxes count pixels of the image's `width` x `height`: the frame stays right for a resized copy
+    of the images. Without both, the image file's own size."""
+    width, height = img.get("width"), img.get("height")
+    ok = all(type(v) in (int, float) and math.isfinite(v) and v > 0 for v in (width, height))
+    return (width, height) if ok else None
+
+
+def _coco_objects(anns: list[dict], names: dict, crowd: str, where: str, report: Report) -> list[Obj] | str:
+    objects = []
+    for ann in anns:
+        box, name = _box(ann.get("bbox")), names.get(ann.get("category_id"))
+        if box is None:
+            return f"annotation {ann.get('id')}: bbox {ann.get('bbox')!r} is not 4 numbers [x, y, w, h]"
+        if not isinstance(name, str) or not name.strip():
+            return f"annotation {ann.get('id')}: category_id {ann.get('category_id')!r} has no name in 'categories'"
+        if ann.get("iscrowd") and crowd == "skip":
+            report.notes.append(f"{where}: crowd annotation {ann.get('id')} ({name}) left out (--crowd skip)")
+            continue
+        x, y, w, h = box
+        objects.append((name.strip(), [x, y, x + w, y + h]))
+    return objects
+
+
+# ---------------------------------------------------------------- RefCOCO / VLM-R1 REC and OVD jsonl
+
+
+def convert_rec(src: Path, opts: Options, report: Report) -> None:
+    """VLM-R1 jsonl rows: {"image", "problem", "solution"} (REC json: solution [x1, y1, x2, y2]) or
+    {"image", "conversations": [human question, gpt answer]}; the answer may be a box, or OVD's list of
+    {"bbox_2d", "label"}, inside <answer> tags or a ```json fence. The phrase (`normal_caption`, else the
+    question after VLM-R1's "...this sentence describes:") is the label of a bare box and fills {phrase}
+    of the prompt template."""
+    for number, text in _lines(src):
+        where = f"{src}:{number}"
+        parsed = _rec_record(text)
+        if isinstance(parsed, str):
+            report.problems.append(f"{where}: {parsed}")
+            continue
+        image, phrase, objects = parsed
+        build_row(image, opts.prompt.format(phrase=phrase, frame=opts.frame), objects, opts, where, report)
+
+
+def _lines(src: Path) -> Iterator[tuple[int, str]]:
+    try:
+        with src.open(encoding="utf-8-sig") as f:
+            yield from ((n, t) for n, t in enumerate(f, start=1) if t.strip())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{src}: cannot read ({e})") from e
+
+
+def _rec_record(text: str) -> tuple[str, str, list[Obj]] | str:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"invalid JSON ({e})"
+    if not isinstance(obj, dict):
+        return "row is not a JSON object"
+    image = obj.get("image")
+    if isinstance(image, list) and len(image) == 1:
+        image = image[0]
+    if not isinstance(image, str) or not image:
+        return f"'image' must be one path, got {str(image)[:80]}"
+    if "solution" in obj:
+        question, solution = obj.get("problem", ""), obj["solution"]
+    else:
+        turns = obj.get("conversations")
+        if not (isinstance(turns, list) and len(turns) >= 2 and all(isinstance(t, dict) for t in turns[:2])):
+            return "neither 'solution' nor a 'conversations' list of two turns"
+        question, solution = turns[0].get("value", ""), turns[1].get("value", "")
+    phrase = obj.get("normal_caption") or _REC_QUESTION.sub("", str(question).replace("<image>", ""))
+    phrase = phrase.strip().rstrip(".").strip() if isinstance(phrase, str) else ""
+    if not phrase:
+        return "no phrase: 'normal_caption' and the question are empty"
+    objects = _rec_objects(solution, phrase)
+    return (image, phrase, objects) if isinstance(objects, list) else objects
+
+
+def _rec_objects(solution: object, phrase: str) -> list[Obj] | str:
+    if isinstance(solution, str):
+        inner = solution.replace("<answer>", "").replace("</answer>", "").strip()
+        try:
+            solution = json.loads(_FENCE.sub("", inner))
+        except json.JSONDecodeError:
+            return f"solution {inner[:80]!r} is neither a box nor a JSON list of boxes"
+    if (box := _box(solution)) is not None:
+        return [(phrase, box)]
+    items = solution if isinstance(solution, list) else [solution]
+    if items and all(type(v) in (int, float) for v in items):
+        return f"solution {solution} is not a box of 4 numbers"
+    objects = []
+    for item in items:
+        box = _box(item.get("bbox_2d")) if isinstance(item, dict) else None
+        if box is None:
+            return f"solution item {str(item)[:80]} has no 'bbox_2d' of 4 numbers"
+        label = item.get("label", phrase)
+        if not isinstance(label, str) or not label.strip():
+            return f"solution item {str(item)[:80]} has an empty label"
+        objects.append((label.strip(), box))
+    return objects
+
+
+# ---------------------------------------------------------------- generic pixel boxes (jsonl or csv)
+
+
+@dataclass(frozen=True)
+class PixelKeys:
+    image: str = "image"
+    label: str = "label"
+    box: str = "bbox"  # jsonl: a list of 4 numbers
+    columns: tuple[str, ...] = ("x1", "y1", "x2", "y2")  # csv: the 4 columns
+    xywh: bool = False
+
+
+def convert_pixels(src: Path, opts: Options, report: Report, keys: PixelKeys) -> None:
+    """One record per box ({image, label, box}); the records of one image become one row, in file order.
+    A record with an image and no label and no box marks an image without objects (a negative)."""
+    groups: dict[str, list[tuple[str, Obj | str | None]]] = {}  # image -> its records (where, object)
+    for where, record in _pixel_records(src, keys):
+        if isinstance(record, str):
+            report.problems.append(f"{where}: {record}")
+        else:
+            groups.setdefault(record[0], []).append((where, record[1]))
+    for image, records in groups.items():
+        first = records[0][0]
+        if bad := next(((w, o) for w, o in records if isinstance(o, str)), None):
+            report.problems.append(f"{bad[0]}: {bad[1]} (image {image}, first record {first}: the image is left out)")
+        else:
+            build_row(image, opts.prompt, [o for _, o in records if o is not None], opts, first, report)
+
+
+def _pixel_records(src: Path, keys: PixelKeys) -> Iterator[tuple[str, tuple[str, Obj | str | None] | str]]:
+    """(file:line, (image, (label, xyxy box) | None for a negative | reason)) or (file:line, reason)."""
+    if src.suffix.lower() == ".csv":
+        try:
+            with src.open(encoding="utf-8-sig", newline="") as f:
+                reader = csv.DictReader(f)
+                missing = [k for k in (keys.image, keys.label, *keys.columns) if k not in (reader.fieldnames or [])]
+                if missing:
+                    raise ConvertError(f"{src}: csv header {reader.fieldnames} lacks column(s) {missing}")
+                for row in reader:
+                    values = [row[c].strip() if row[c] else "" for c in keys.columns]
+                    box: object = None if not any(values) else _csv_numbers(values)
+                    where = f"{src}:{reader.line_num}"
+                    if not row[keys.image]:
+                        yield where, f"empty {keys.image!r}"
+                    else:
+                        yield where, (row[keys.image], _pixel_object(row[keys.label], box, keys))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise ConvertError(f"{src}: cannot read ({e})") from e
+        return
+    for number, text in _lines(src):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield f"{src}:{number}", f"invalid JSON ({e})"
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get(keys.image), str) or not obj[keys.image]:
+            yield f"{src}:{number}", f"not an object with a non-empty string {keys.image!r}"
+            continue
+        yield f"{src}:{number}", (obj[keys.image], _pixel_object(obj.get(keys.label), obj.get(keys.box), keys))
+
+
+def _csv_numbers(values: list[str]) -> list[float] | list[str]:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return values  # _box rejects it, naming the text
+
+
+def _pixel_object(label: object, box: object, keys: PixelKeys) -> Obj | str | None:
+    if box is None and not label:
+        return None
+    numbers = _box(box)
+    if numbers is None:
+        return f"box {box!r} is not 4 finite numbers"
+    if not isinstance(label, str) or not label.strip():
+        return f"empty {keys.label!r} for box {numbers}"
+    if keys.xywh:
+        x, y, w, h = numbers
+        numbers = [x, y, x + w, y + h]
+    return label.strip(), numbers
+
+
+# ---------------------------------------------------------------- writing OUT
+
+
+def write_jsonl(rows: Sequence[dict], out: Path, force: bool) -> None:
+    """Write rows to a temporary sibling, then publish it: by a hard link that fails when OUT exists
+    (nothing the user owns is overwritten), or with --force by an atomic rename over it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        if force:
+            os.replace(tmp, out)
+        else:
+            os.link(tmp, out)  # FileExistsError if OUT appeared meanwhile
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def add_convert_parser(sub: argparse._SubParsersAction) -> None:
+    """`convert FORMAT SRC ...`: one sub-command per format, each with its own --help."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("src", type=Path, help="the source file")
+    common.add_argument("--out", type=Path, required=True, help="the JSONL to write (kept if it exists)")
+    common.add_argument("--images", type=Path, help="folder the source's image paths are relative to (default: SRC's)")
+    common.add_argument("--frame", type=int, default=1000, help="coordinate frame to write (data.coord_frame)")
+    common.add_argument("--out-of-bounds", choices=("clip", "reject"), default="clip",
+                        help="boxes reaching outside the image: clip them (counted) or reject the record")
+    common.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    common.add_argument("--strict", action="store_true", help="write nothing and exit 1 if any record fails")
+    resized = argparse.ArgumentParser(add_help=False)
+    resized.add_argument("--pixel-frame", choices=("original", "qwen25-resized"), default="original",
+                         help="boxes count pixels of the original image, or of the image as a Qwen2.5-VL "
+                              "processor resized it (smart_resize)")
+    resized.add_argument("--min-pixels", type=int, default=QWEN25_MIN_PIXELS, help="the processor's min_pixels")
+    resized.add_argument("--max-pixels", type=int, default=QWEN25_MAX_PIXELS, help="the processor's max_pixels")
+    resized.add_argument("--patch-size", type=int, default=QWEN25_PATCH_SIZE, help="the processor's patch_size")
+    resized.add_argument("--merge-size", type=int, default=QWEN25_MERGE_SIZE, help="the processor's merge_size")
+    convert = sub.add_parser("convert", help="turn COCO, RefCOCO/VLM-R1 or pixel-box data into JSONL rows")
+    formats = convert.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    coco = formats.add_parser("coco", parents=[common], help="COCO detection json (+ image folder)")
+    coco.add_argument("--prompt", help="prompt of every row (default: the synthetic data's, in --frame)")
+    coco.add_argument("--crowd", choices=("skip", "keep"), default="skip",
+                      help="iscrowd=1 boxes: leave them out (counted) or keep them as boxes")
+    rec = formats.add_parser("refcoco", parents=[common, resized], help="RefCOCO / VLM-R1 REC or OVD jsonl")
+    rec.add_argument("--prompt", default=REC_PROMPT, help="prompt template; {phrase} and {frame} are filled in")
+    pixels = formats.add_parser("pixels", parents=[common, resized], help="jsonl or csv, one pixel box a record")
+    pixels.add_argument("--prompt", help="prompt of every row (default: the synthetic data's, in --frame)")
+    pixels.add_argument("--box-format", choices=("xyxy", "xywh"), default="xyxy", help="how the 4 numbers read")
+    pixels.add_argument("--image-key", default="image", help="key / column of the image path")
+    pixels.add_argument("--label-key", default="label", help="key / column of the label")
+    pixels.add_argument("--box-key", default="bbox", help="jsonl: key of the [4 numbers] box")
+    pixels.add_argument("--box-columns", default="x1,y1,x2,y2", help="csv: the 4 box columns, comma-separated")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert, print every record not converted and a summary; exit 1 when nothing converted, or with
+    --strict when anything failed (then nothing is written)."""
+    if args.out.exists() and not args.force:
+        print(f"{args.out} exists; pass --force to replace it")
+        return 1
+    prompt = args.prompt or make_prompt(args.frame)
+    pixels = PixelFrame()
+    if getattr(args, "pixel_frame", "original") == "qwen25-resized":
+        pixels = PixelFrame(True, args.patch_size * args.merge_size, args.min_pixels, args.max_pixels)
+    opts = Options(images=args.images or args.src.parent, out_dir=args.out.parent, frame=args.frame,
+                   prompt=prompt, pixels=pixels, clip=args.out_of_bounds == "clip")
+    report = Report()
+    try:
+        if args.format == "refcoco":
+            _check_template(prompt)
+        if args.format == "coco":
+            convert_coco(args.src, opts, report, crowd=args.crowd)
+        elif args.format == "refcoco":
+            convert_rec(args.src, opts, report)
+        else:
+            keys = PixelKeys(args.image_key, args.label_key, args.box_key, tuple(args.box_columns.split(",")),
+                             args.box_format == "xywh")
+            if len(keys.columns) != 4:
+                raise ConvertError(f"--box-columns needs 4 names, got {args.box_columns!r}")
+            convert_pixels(args.src, opts, report, keys)
+    except ConvertError as e:
+        print(e)
+        return 1
+    for line in (*report.problems, *report.clipped, *report.notes):
+        print(line)
+    failed = not report.rows or (args.strict and report.problems)
+    if not failed:
+        write_jsonl(report.rows, args.out, args.force)
+    print(_summary(report, args, written=not failed, opts=opts))
+    return 1 if failed else 0
+
+
+def _check_template(prompt: str) -> None:
+    try:
+        prompt.format(phrase="", frame=0)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConvertError(f"--prompt {prompt!r}: only {{phrase}} and {{frame}} may be filled in ({e!r})") from e
+
+
+def _summary(report: Report, args: argparse.Namespace, written: bool, opts: Options) -> str:
+    where = f"wrote {args.out}" if written else "wrote nothing"
+    text = (f"{len(report.rows)} rows converted ({report.negatives} without objects), {len(report.problems)} "
+            f"not converted, {len(report.clipped)} box(es) clipped, {len(report.notes)} box(es) left out; {where}")
+    if written and any(Path(r["image"]).is_absolute() for r in report.rows):
+        text += (f"\nimages lie outside {opts.out_dir}: their paths are absolute; train with "
+                 f"data.image_roots=[{opts.images.resolve()}]")
+    return text
