@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from rl.data import NO_FINDINGS, path_problem, format_answer, make_prompt, parse_reference_boxes
+from rl.data import NO_FINDINGS, format_answer, make_prompt, parse_reference_boxes, path_problem
 
 FORMATS: tuple[str, ...] = ("coco", "refcoco", "pixels")
 # Qwen2.5-VL's image processor: 14-pixel patches merged 2x2, so resized sides are multiples of 28; the
