@@ -450,7 +450,8 @@ class LearnerGroup:
                    "runtime_env": {"env_vars": platform.actor_env()}, **(actor_options or {})}
         self.names = [f"{name_prefix}-{rank}" for rank in range(self.num_learners)]
         pinned = placement.learner_options if placement is not None else lambda rank: {}
-        self.actors = [ray.remote(Learner).options(name=name, **options, **pinned(rank)).remote(
+        # The placement's options win: they carry the bundle and the actor's share of its GPU.
+        self.actors = [ray.remote(Learner).options(name=name, **{**options, **pinned(rank)}).remote(
             cfg, rank, self.num_learners) for rank, name in enumerate(self.names)]
         try:
             self.where = self._call("start", [a.where.remote() for a in self.actors], self.names)

@@ -7,6 +7,9 @@ R rollout engines of TP accelerators each, K reward actors on CPUs. On accelerat
 node), engines take the rest first-fit with each TP group inside one node, and engine indices rise with
 the node (the weight-sync group, sender then engines in index order, stays node-contiguous). Each
 planned node becomes one STRICT_PACK placement group pinned to a Ray node by its `ray.io/node-id` label.
+
+Colocated (`cluster.colocate`): learner i and engine i share one GPU. Their bundle holds the GPU and both
+actors' CPUs, and each actor asks for half of it, so Ray hands both the same device.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rl.config import Config, pack_nodes
+from rl.config import Config
 from rl.platform import Platform
 
 Resources = Mapping[str, float]
@@ -31,13 +34,20 @@ class PlacementError(RuntimeError):
     """The cluster cannot hold the configured layout; the message says what is missing."""
 
 
+# Ray's share of a GPU each colocated actor asks for: two of them fill the one GPU of their bundle.
+COLOCATED_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class Layout:
-    learner_bundle: dict[str, float]  # one per learner
-    engine_bundle: dict[str, float]  # one per rollout engine (all its TP devices)
+    learner_bundle: dict[str, float]  # one per learner (colocated: the learner's and its engine's resources)
+    engine_bundle: dict[str, float]  # one per rollout engine (all its TP devices); colocated: none of its own
     reward_cpus: float
     learners: int
     engines: int
+    learner_gpus: float = 1.0  # what each actor asks Ray for inside its bundle
+    engine_gpus: float = 1.0
+    colocated: bool = False  # engine i in learner i's bundle (cluster.colocate, on accelerators)
 
     def total(self) -> dict[str, float]:
         out: dict[str, float] = {"CPU": self.reward_cpus}
@@ -58,14 +68,15 @@ class NodeSlot:
 
 
 def layout(cfg: Config, platform: Platform) -> Layout:
-    tp = cfg.rollout.tensor_parallel_size
-    if platform.has_accelerator:
-        learner = {"CPU": float(cfg.learner.cpus_per_learner), platform.ray_accelerator: 1.0}
-        engine = {"CPU": 1.0, platform.ray_accelerator: float(tp)}
-    else:
-        learner, engine = {"CPU": float(cfg.learner.cpus_per_learner)}, {"CPU": 1.0}
-    return Layout(learner, engine, float(cfg.cluster.reward_workers), cfg.learner.num_learners,
-                  cfg.rollout.num_workers)
+    tp, cpus = cfg.rollout.tensor_parallel_size, float(cfg.learner.cpus_per_learner)
+    counts = (float(cfg.cluster.reward_workers), cfg.learner.num_learners, cfg.rollout.num_workers)
+    if not platform.has_accelerator:
+        return Layout({"CPU": cpus}, {"CPU": 1.0}, *counts, learner_gpus=0.0, engine_gpus=0.0)
+    gpu = platform.ray_accelerator
+    if cfg.cluster.colocate:
+        return Layout({"CPU": cpus + 1.0, gpu: 1.0}, {}, *counts, learner_gpus=COLOCATED_SHARE,
+                      engine_gpus=COLOCATED_SHARE, colocated=True)
+    return Layout({"CPU": cpus, gpu: 1.0}, {"CPU": 1.0, gpu: float(tp)}, *counts, engine_gpus=float(tp))
 
 
 def usable_nodes(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> tuple[list[int], int]:
@@ -89,11 +100,12 @@ def plan_nodes(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> l
     if tp > per_node:
         raise PlacementError(f"rollout.tensor_parallel_size={tp} does not fit one node "
                              f"(at most {per_node} {platform.ray_accelerator} per node)")
-    packed = pack_nodes(learners, engines, tp, per_node)
+    packed = cfg.node_plan(per_node)
     if len(packed) > len(ok):
+        share = " on the learners' GPUs" if cfg.cluster.colocate else ""
         raise PlacementError(
-            f"learner.num_learners={learners} + rollout.num_workers={engines} x TP {tp} need {len(packed)} nodes "
-            f"of {per_node} {platform.ray_accelerator}{_type_note(cfg)}; Ray reports {len(ok)} such nodes "
+            f"learner.num_learners={learners} + rollout.num_workers={engines} x TP {tp}{share} need {len(packed)} "
+            f"nodes of {per_node} {platform.ray_accelerator}{_type_note(cfg)}; Ray reports {len(ok)} such nodes "
             f"(per node: {_describe(nodes, platform.ray_accelerator)})")
     return [NodeSlot(ok[k], tuple(ranks), tuple(eng)) for k, (ranks, eng) in enumerate(packed)]
 
@@ -197,14 +209,16 @@ class Placement:
     groups: list[Any]
     slots: list[NodeSlot]
     learner_bundles: dict[int, tuple[int, int]]  # rank -> (group, bundle index)
-    engine_bundles: dict[int, tuple[int, int]]  # engine -> (group, bundle index)
+    engine_bundles: dict[int, tuple[int, int]]  # engine -> (group, bundle index); colocated: its learner's
+    learner_gpus: float = 1.0  # num_gpus of each actor (Layout)
+    engine_gpus: float = 1.0
 
     def learner_options(self, rank: int) -> dict[str, Any]:
-        return self._options(*self.learner_bundles[rank], capture=False)
+        return {"num_gpus": self.learner_gpus, **self._options(*self.learner_bundles[rank], capture=False)}
 
     def engine_options(self, index: int) -> dict[str, Any]:
         # capture_child_tasks: vLLM's own workers for TP > 1 stay in the engine's bundle.
-        return self._options(*self.engine_bundles[index], capture=True)
+        return {"num_gpus": self.engine_gpus, **self._options(*self.engine_bundles[index], capture=True)}
 
     def _options(self, group: int, bundle: int, capture: bool) -> dict[str, Any]:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -237,9 +251,13 @@ def place(cfg: Config, platform: Platform, timeout_s: float, name: str = "grpo")
     slots = plan_nodes(cfg, platform, [resources for _, resources in nodes])
     groups, learner_bundles, engine_bundles = [], {}, {}
     for g, slot in enumerate(slots):
-        bundles = [plan.learner_bundle] * len(slot.learners) + [plan.engine_bundle] * len(slot.engines)
         learner_bundles.update({rank: (g, i) for i, rank in enumerate(slot.learners)})
-        engine_bundles.update({e: (g, len(slot.learners) + i) for i, e in enumerate(slot.engines)})
+        if plan.colocated:  # engine i lives in learner i's bundle
+            bundles = [plan.learner_bundle] * len(slot.learners)
+            engine_bundles.update({e: learner_bundles[e] for e in slot.engines})
+        else:
+            bundles = [plan.learner_bundle] * len(slot.learners) + [plan.engine_bundle] * len(slot.engines)
+            engine_bundles.update({e: (g, len(slot.learners) + i) for i, e in enumerate(slot.engines)})
         if slot.node is None:
             groups.append(placement_group(bundles, strategy="PACK", name=f"{name}-all"))
         else:
@@ -252,4 +270,4 @@ def place(cfg: Config, platform: Platform, timeout_s: float, name: str = "grpo")
             remove_placement_group(group)
         raise PlacementError(f"placement groups not ready within {timeout_s:.0f} s: the cluster reported "
                              f"enough resources but could not pack them ({len(pending)} of {len(groups)} pending)")
-    return Placement(groups, slots, learner_bundles, engine_bundles)
+    return Placement(groups, slots, learner_bundles, engine_bundles, plan.learner_gpus, plan.engine_gpus)

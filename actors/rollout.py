@@ -328,9 +328,9 @@ class RolloutPool:
         actor = ray.remote(RolloutWorker)
 
         def start(i: int) -> Any:
-            pinned = placement.engine_options(i) if placement is not None else {}
-            return actor.options(name=self.names[i], **options, **pinned).remote(self.names[i], model, rollout,
-                                                                                resolved.name)
+            pinned = placement.engine_options(i) if placement is not None else {}  # its bundle and GPU share
+            return actor.options(name=self.names[i], **{**options, **pinned}).remote(self.names[i], model, rollout,
+                                                                                   resolved.name)
 
         self._start = start
         self.workers = [start(i) for i in range(len(self.names))]

@@ -449,11 +449,14 @@ class WeightSync:
 
     def __init__(self, source: Any, source_name: str, pool: Any, bucket_mb: float, timeout_s: float,
                  platform: Platform, host: str = "127.0.0.1", peers: Sequence[tuple[str, Any]] = (),
-                 transport: str = "auto", shm_dir: str = "/dev/shm"):
+                 transport: str = "auto", shm_dir: str = "/dev/shm", backend: str | None = None):
         """`peers`: (name, handle) of actors that must iterate the weights with the source (the other
         ZeRO-3 learner ranks, whose shards the source gathers). `transport`: auto | collective |
-        shared_memory (`weight_sync.transport`, decided at each `connect`)."""
+        shared_memory (`weight_sync.transport`, decided at each `connect`). `backend`: the sync group's
+        torch.distributed backend; None: the platform's (gloo where the source shares a GPU with an
+        engine, since NCCL refuses two ranks of one group on one device; gloo moves GPU tensors too)."""
         self.source, self.source_name, self.pool, self.peers = source, source_name, pool, list(peers)
+        self.backend = backend or platform.dist_backend
         self.bucket_mb, self.timeout_s, self.platform, self.host = bucket_mb, timeout_s, platform, host
         self.requested, self.shm_dir = transport, shm_dir
         self.shared_path: str | None = None  # the slots file, when the last connect chose shared memory
@@ -464,7 +467,7 @@ class WeightSync:
         """(Re)build the group: after a failure, a replaced worker joins a fresh one."""
         tp = self.pool.tensor_parallel_size
         world = 1 + len(self.pool.workers) * tp
-        backend, device = self.platform.dist_backend, self.platform.device_type
+        backend, device = self.backend, self.platform.device_type
         offer = self.shm_dir if self.requested != "collective" else None
         ((address, port, probe),) = self._wait("open", [self.source.open_weight_sync.remote(
             self.host, world, backend, self.timeout_s, device, offer)], [self.source_name])
@@ -520,7 +523,7 @@ class WeightSync:
         so the next `sync` rebuilds it."""
         engine = EngineView([self.pool.workers[index]], [self.pool.labels[index]], self.pool.tensor_parallel_size)
         stats = WeightSync(self.source, self.source_name, engine, self.bucket_mb, self.timeout_s, self.platform,
-                           self.host, self.peers, self.requested, self.shm_dir).sync(version)
+                           self.host, self.peers, self.requested, self.shm_dir, self.backend).sync(version)
         self.plan = None
         return stats
 

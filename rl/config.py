@@ -215,6 +215,10 @@ class ClusterConfig(Section):
     nodes: int | None = Field(default=None, ge=1)
     gpus_per_node: int | None = Field(default=None, ge=1)
     accelerator_type: str | None = None  # as Ray names it, e.g. AMD-Instinct-MI210 (resource accelerator_type:X)
+    # true: rollout engine i shares learner i's GPU (half a GPU each in Ray's accounting, one bundle holding
+    # both), so L learners and L engines x TP 1 take L GPUs. The engine's rollout.gpu_memory_utilization is
+    # then its share of that GPU; the learner must fit the rest (`python -m rl.capacity` checks the sum).
+    colocate: bool = False
 
 
 class LoggingConfig(Section):
@@ -336,6 +340,7 @@ class Config(Section):
                 f"grpo.prompts_per_step x grpo.group_size = {sequences} sequences per step is not divisible "
                 f"by grpo.num_mini_batches x learner.num_learners x learner.micro_batch_size = {per_step}"
             )
+        self._check_colocate()
         self._check_nodes()
         if self.grpo.clip_high < self.grpo.clip_low:
             raise ValueError(f"grpo.clip_high ({self.grpo.clip_high}) < grpo.clip_low ({self.grpo.clip_low})")
@@ -355,14 +360,39 @@ class Config(Section):
         if c.gpus_per_node % tp:
             raise ValueError(f"rollout.tensor_parallel_size={tp} does not divide cluster.gpus_per_node="
                              f"{c.gpus_per_node}: every engine's TP group must sit inside one node")
-        used = len(pack_nodes(self.learner.num_learners, self.rollout.num_workers, tp, c.gpus_per_node))
+        used = len(self.node_plan(c.gpus_per_node))
         if c.nodes is not None and used > c.nodes:
-            need = self.learner.num_learners + self.rollout.num_workers * tp
+            need = self.gpus_needed()
+            engines = "sharing the learners' GPUs (cluster.colocate)" if c.colocate else (
+                f"x rollout.tensor_parallel_size={tp}")
             raise ValueError(
                 f"learner.num_learners={self.learner.num_learners} x 1 GPU + rollout.num_workers="
-                f"{self.rollout.num_workers} x rollout.tensor_parallel_size={tp} = {need} GPUs need {used} nodes of "
+                f"{self.rollout.num_workers} {engines} = {need} GPUs need {used} nodes of "
                 f"cluster.gpus_per_node={c.gpus_per_node} (learners packed first, each engine inside one node), "
                 f"but cluster.nodes={c.nodes}")
+
+    def _check_colocate(self) -> None:
+        """Colocation pairs engine i with learner i on one GPU: as many engines as learners, TP 1."""
+        if not self.cluster.colocate:
+            return
+        r, learners = self.rollout, self.learner.num_learners
+        if r.tensor_parallel_size != 1 or r.num_workers != learners:
+            raise ValueError(
+                f"cluster.colocate pairs each rollout engine with one learner on its GPU: it needs "
+                f"rollout.tensor_parallel_size=1 (got {r.tensor_parallel_size}) and rollout.num_workers = "
+                f"learner.num_learners (got {r.num_workers} and {learners})")
+
+    def gpus_needed(self) -> int:
+        """Accelerators the layout takes: one per learner, plus TP per engine unless they share (colocate)."""
+        engines = 0 if self.cluster.colocate else self.rollout.num_workers * self.rollout.tensor_parallel_size
+        return self.learner.num_learners + engines
+
+    def node_plan(self, per_node: int) -> list[tuple[list[int], list[int]]]:
+        """`pack_nodes` for this layout: colocated engines sit on their learner's node (engine i with rank i)."""
+        learners = self.learner.num_learners
+        if not self.cluster.colocate:
+            return pack_nodes(learners, self.rollout.num_workers, self.rollout.tensor_parallel_size, per_node)
+        return [(ranks, list(ranks)) for ranks, _ in pack_nodes(learners, 0, 1, per_node)]
 
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"rewards"})

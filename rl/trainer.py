@@ -90,7 +90,8 @@ class GRPOTrainer:
         self.sync = WeightSync(self.learners.actors[0], self.learners.labels[0], self.pool, cfg.weight_sync.bucket_mb,
                                cfg.weight_sync.timeout_s, self.platform, host=cfg.cluster.host,
                                peers=list(zip(self.learners.labels[1:], self.learners.actors[1:], strict=True)),
-                               transport=cfg.weight_sync.transport, shm_dir=cfg.weight_sync.shm_dir)
+                               transport=cfg.weight_sync.transport, shm_dir=cfg.weight_sync.shm_dir,
+                               backend="gloo" if cfg.cluster.colocate else None)
         self.restarts = RestartBudget(cfg.reliability)
         self.nonfinite = NonFiniteGuard(cfg.reliability.max_nonfinite_steps)
         self.chaos = Chaos(cfg.chaos)
