@@ -1,6 +1,7 @@
 """Run by test_multinode_placement.py in a child process (its own Ray, its own RAY_TMPDIR): a simulated
-cluster of 8 nodes x 8 GPUs plus a GPU-less head, the 64-MI210 config placed on it, lightweight actors
-started in every bundle. Prints one JSON object: where every bundle and every actor landed."""
+cluster of 8 nodes x 8 GPUs plus a GPU-less head, the 64-MI210 config (and variants: TP 2, colocated)
+placed on it, lightweight actors started in every bundle. Prints one JSON object: where every bundle and
+every actor landed."""
 
 from __future__ import annotations
 
@@ -101,6 +102,10 @@ def main() -> None:
                                      "rollout.tensor_parallel_size=2", "cluster.nodes=3",
                                      "grpo.prompts_per_step=12", "learner.micro_batch_size=4"])
         result["tp2"] = land(place(small, rocm, timeout_s=60), small, actors=True)
+        # Colocated on 2 nodes: learner i and engine i in one bundle, half a GPU each.
+        shared = load_config(CONFIG, ["cluster.colocate=true", "learner.num_learners=16", "rollout.num_workers=16",
+                                      "cluster.nodes=2", "grpo.prompts_per_step=32"])
+        result["colocated"] = land(place(shared, rocm, timeout_s=60), shared, actors=False)
         try:
             validate(load_config(CONFIG, ["cluster.accelerator_type=AMD-Instinct-MI250X"]), rocm, cluster_nodes())
         except PlacementError as exc:

@@ -66,3 +66,13 @@ def test_a_cluster_of_the_wrong_gpu_is_refused_before_any_actor(landed):
     assert landed["wrong_type"].startswith(
         "the cluster cannot hold this layout: cluster.nodes=8 x cluster.gpus_per_node=8 GPU of type "
         "AMD-Instinct-MI250X expected, Ray reports 0 such nodes (per node: 0, 8 AMD-Instinct-MI210, ")
+
+
+@pytest.mark.slow
+def test_colocated_engines_share_their_learners_gpu(landed):
+    workers, shared = landed["nodes"][1:], landed["colocated"]
+    assert shared["slots"] == [[1, list(range(8)), list(range(8))], [2, list(range(8, 16)), list(range(8, 16))]]
+    assert shared["engines"] == shared["learners"]  # engine i: learner i's node and GPU
+    for k, worker in enumerate(workers[:2]):  # each node's 8 GPUs hold one learner each
+        assert sorted(g for node, gpus in shared["learners"] if node == worker for g in gpus) == list(range(8)), k
+    assert shared["bundles"] == [[workers[0]] * 8, [workers[1]] * 8]
