@@ -24,10 +24,8 @@ from pathlib import Path
 
 from rl.data import (
     NO_FINDINGS,
-    add_frame_arguments,
     answer_instruction,
     format_answer,
-    frame_from_arguments,
     image_size,
     make_prompt,
     parse_reference_boxes,
@@ -40,6 +38,8 @@ from rl.frames import (
     QWEN25_PATCH_SIZE,
     CoordFrame,
     Resize,
+    add_frame_arguments,
+    frame_from_arguments,
     rescale,
 )
 

@@ -8,7 +8,6 @@ boxes in the coordinate frame of `data.coord_frame` (rl/frames.py; Qwen3-VL: rel
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from rl.config import DataConfig
-from rl.frames import FRAME_HELP, QWEN25_MAX_PIXELS, QWEN25_MIN_PIXELS, QWEN25_PIXELS, CoordFrame, Extent, parse_frame
+from rl.frames import CoordFrame, Extent, add_frame_arguments, frame_from_arguments, parse_frame
 
 CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Fracture", "Lesion")
 NO_FINDINGS = "No findings."
@@ -511,31 +510,12 @@ class PromptOrder:
 # ---------------------------------------------------------------- python -m rl.data check FILE.jsonl
 
 
-def add_frame_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """--frame and, for qwen25_pixels, the resize bounds that say each image's resized size."""
-    parser.add_argument("--frame", type=_frame_value, default=1000, metavar="N|qwen25_pixels",
-                        help=f"coordinate frame {what} (data.coord_frame): {FRAME_HELP}")
-    parser.add_argument("--frame-min-pixels", type=int, default=QWEN25_MIN_PIXELS,
-                        help="with --frame qwen25_pixels: the run's model.min_pixels")
-    parser.add_argument("--frame-max-pixels", type=int, default=QWEN25_MAX_PIXELS,
-                        help="with --frame qwen25_pixels: the run's model.max_pixels")
-
-
-def frame_from_arguments(args: argparse.Namespace) -> CoordFrame:
-    return parse_frame(args.frame, args.frame_min_pixels, args.frame_max_pixels)
-
-
-def _frame_value(text: str) -> int | str:
-    try:
-        return parse_frame(text).relative or QWEN25_PIXELS
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`check FILE.jsonl ...`: one `FILE:LINE: reason` line per bad row, then `N rows, K bad`; exit 1 if
     any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image.
     `convert FORMAT SRC --out OUT.jsonl`: foreign datasets to our rows (rl/convert.py)."""
+    import argparse
+
     from rl.convert import add_convert_parser, run_convert  # here: rl.convert imports this module
 
     parser = argparse.ArgumentParser(prog="python -m rl.data", description="Validate or convert grounding datasets.")

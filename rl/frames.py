@@ -11,6 +11,7 @@ that: rewards and metrics compare boxes of one frame and need no frame (rewards/
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,3 +113,27 @@ def rescale(box: Sequence[float], source: Extent, target: Extent) -> list[float]
     (sw, sh), (tw, th) = source, target
     x1, y1, x2, y2 = box
     return [x1 / sw * tw, y1 / sh * th, x2 / sw * tw, y2 / sh * th]
+
+
+# ---------------------------------------------------------------- command lines (rl.data check / convert)
+
+
+def add_frame_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--frame and, for qwen25_pixels, the resize bounds that say each image's resized size."""
+    parser.add_argument("--frame", type=_frame_value, default=1000, metavar="N|qwen25_pixels",
+                        help=f"coordinate frame {what} (data.coord_frame): {FRAME_HELP}")
+    parser.add_argument("--frame-min-pixels", type=int, default=QWEN25_MIN_PIXELS,
+                        help="with --frame qwen25_pixels: the run's model.min_pixels")
+    parser.add_argument("--frame-max-pixels", type=int, default=QWEN25_MAX_PIXELS,
+                        help="with --frame qwen25_pixels: the run's model.max_pixels")
+
+
+def frame_from_arguments(args: argparse.Namespace) -> CoordFrame:
+    return parse_frame(args.frame, args.frame_min_pixels, args.frame_max_pixels)
+
+
+def _frame_value(text: str) -> int | str:
+    try:
+        return parse_frame(text).relative or QWEN25_PIXELS
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
