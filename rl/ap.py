@@ -39,13 +39,14 @@ class APResult:
     per_class: dict[str, dict[str, float]]  # label -> {"ap", "ap50", "references", "detections"}
 
 
-def answer_boxes(text: str, frame: float | None = None) -> list[Detection]:
+def answer_boxes(text: str, extent: tuple[float, float] | None = None) -> list[Detection]:
     """Every valid box of an answer with its rank as confidence (first box: highest); boxes clipped to
-    the 0..frame image when `frame` is given (a box outside the image covers nothing more)."""
+    the image, [0, w] x [0, h] of its frame's `extent`, when given (outside it a box covers nothing more)."""
+    upper = np.tile(np.asarray(extent, dtype=np.float64), 2) if extent is not None else None
     out: list[Detection] = []
     for label, boxes in parse_answer(text):
         for box in boxes:
-            clipped = np.clip(box, 0.0, frame) if frame is not None else np.asarray(box, dtype=np.float64)
+            clipped = np.clip(box, 0.0, upper) if upper is not None else np.asarray(box, dtype=np.float64)
             out.append(Detection(label, clipped, -float(len(out))))
     return out
 
@@ -132,6 +133,10 @@ def _class_ap(label: str, predictions: Sequence[Sequence[Detection]],
             "references": float(num_refs), "detections": float(len(all_scores))}
 
 
-def answers_ap(completions: Sequence[str], references: Sequence[str], frame: float | None = None) -> APResult:
-    """`average_precision` of answer texts against reference answer texts."""
-    return average_precision([answer_boxes(c, frame) for c in completions], [answer_boxes(r) for r in references])
+def answers_ap(completions: Sequence[str], references: Sequence[str],
+               extents: Sequence[tuple[float, float]] | None = None) -> APResult:
+    """`average_precision` of answer texts against reference answer texts; `extents`: each answer's image
+    in its frame (predictions are clipped to it)."""
+    bounds = extents if extents is not None else [None] * len(completions)
+    return average_precision([answer_boxes(c, e) for c, e in zip(completions, bounds, strict=True)],
+                             [answer_boxes(r) for r in references])

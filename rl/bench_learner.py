@@ -30,7 +30,7 @@ def _samples(cfg: Any, prompts: int, group: int, response_tokens: int, seed: int
     from rl.data import chat_messages, load_image, load_split
     from rl.grpo import group_advantages
 
-    rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.data.coord_frame,
+    rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
                       image_roots=cfg.data.image_roots).rows[:prompts]
     if len(rows) < prompts:
         raise SystemExit(f"{cfg.data.path}/{cfg.data.split}.jsonl has {len(rows)} rows, need {prompts}")

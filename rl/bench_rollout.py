@@ -61,7 +61,7 @@ def run(argv: list[str]) -> dict:
     apply_env(platform)
     os.environ.update(ENGINE_ENV)  # the direct engine is built exactly as a RolloutWorker builds its own
     ensure_model(cfg.model)
-    rows = load_split(ensure_dataset(cfg.data) / f"{cfg.data.val_split}.jsonl", frame=cfg.data.coord_frame,
+    rows = load_split(ensure_dataset(cfg.data) / f"{cfg.data.val_split}.jsonl", frame=cfg.frame(),
                       image_roots=cfg.data.image_roots).rows[: args.prompts]
     # Long enough answers to time decoding, not start-up: no early EOS from the random model matters here.
     params = sampling_params(cfg.rollout, n=args.group_size)

@@ -246,7 +246,7 @@ def run(argv: list[str]) -> dict:
     apply_env(platform)
     ensure_model(cfg.model)
     root = ensure_dataset(cfg.data)
-    train = load_split(root / f"{cfg.data.split}.jsonl", frame=cfg.data.coord_frame,
+    train = load_split(root / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
                        image_roots=cfg.data.image_roots).rows
     # TRL (shuffle off) gets exactly the prompts ours draws, in the same order.
     order = PromptOrder(len(train), cfg.seed).take(args.steps * args.prompts)

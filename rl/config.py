@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PositiveFloat,
@@ -28,6 +29,7 @@ from pydantic import (
 )
 
 from rewards import RewardConfig
+from rl.frames import FRAME_HELP, QWEN25_PIXELS, CoordFrame, parse_frame
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
 
@@ -47,6 +49,17 @@ def _split_name(name: str) -> str:
 
 
 SplitName = Annotated[str, AfterValidator(_split_name)]  # e.g. train, val, test_external
+
+
+def _frame_setting(value: Any) -> int | str:
+    try:
+        frame = parse_frame(value)
+    except ValueError:
+        raise ValueError(f"expected {FRAME_HELP}") from None
+    return frame.relative or QWEN25_PIXELS
+
+
+FrameSetting = Annotated[int | Literal["qwen25_pixels"], BeforeValidator(_frame_setting)]
 
 
 class Section(BaseModel):
@@ -116,11 +129,22 @@ class DataConfig(Section):
     # greedy answers, GRPO's before/after metrics, the preview. Any file stem in the folder.
     split: SplitName = "train"
     val_split: SplitName = "val"
-    coord_frame: int = Field(default=1000, gt=0)  # boxes are in [0, coord_frame] (Qwen3-VL: 0-1000)
+    # What box numbers mean, in the data and in the model's answers (docs/data.md, "Coordinates"): N, relative
+    # 0..N on both axes (Qwen3-VL: 1000), or qwen25_pixels, absolute pixels of the image as the Qwen2.5-VL
+    # processor resizes it with model.min_pixels / model.max_pixels (Config.frame()).
+    coord_frame: FrameSetting = 1000
     on_error: Literal["raise", "skip"] = "raise"
     # Folders besides `path` that image paths may resolve into (absolute paths allowed there); a row whose
     # image resolves anywhere else (`..`, an absolute path, a symlink) is a bad row (docs/data.md).
     image_roots: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _synthetic_frame(self) -> DataConfig:
+        if self.synthetic is not None and self.coord_frame == QWEN25_PIXELS:
+            raise ValueError("data.coord_frame=qwen25_pixels: the synthetic generator (data.synthetic) writes a "
+                             "relative frame; set data.synthetic=null and convert your data into this frame "
+                             "(python -m rl.data convert ... --frame qwen25_pixels), or use a relative frame")
+        return self
 
 
 class RolloutConfig(Section):
@@ -393,6 +417,10 @@ class Config(Section):
         if not self.cluster.colocate:
             return pack_nodes(learners, self.rollout.num_workers, self.rollout.tensor_parallel_size, per_node)
         return [(ranks, list(ranks)) for ranks, _ in pack_nodes(learners, 0, 1, per_node)]
+
+    def frame(self) -> CoordFrame:
+        """The coordinate frame of `data.coord_frame`; qwen25_pixels resizes as the model's processor does."""
+        return parse_frame(self.data.coord_frame, self.model.min_pixels, self.model.max_pixels)
 
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude={"rewards"})

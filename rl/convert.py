@@ -2,8 +2,9 @@
 
 Formats: COCO detection json (`coco`), RefCOCO / VLM-R1 REC and OVD jsonl (`refcoco`), and jsonl or csv
 with one pixel box per record (`pixels`). Boxes arrive in pixels, either of the original image or of the
-image as a Qwen2.5-VL processor resized it (`smart_resize`), and leave in the 0..frame relative frame of
-Qwen3-VL: x_frame = x_pixel / width * frame. Every record that cannot be converted is named with its reason
+image as a Qwen2.5-VL processor resized it (`smart_resize`), and leave in the frame of `--frame`
+(rl/frames.py): relative 0..N (Qwen3-VL: x = x_pixel / width * 1000) or Qwen2.5-VL's resized-image pixels
+(x = x_pixel / width * resized width). Every record that cannot be converted is named with its reason
 and counted; nothing is dropped silently (docs/data.md, "Your own data").
 """
 
@@ -15,20 +16,34 @@ import json
 import math
 import os
 import re
+import string
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
-from rl.data import NO_FINDINGS, format_answer, make_prompt, parse_reference_boxes, path_problem
+from rl.data import (
+    NO_FINDINGS,
+    answer_instruction,
+    format_answer,
+    image_size,
+    make_prompt,
+    parse_reference_boxes,
+    path_problem,
+)
+from rl.frames import (
+    QWEN25_MAX_PIXELS,
+    QWEN25_MERGE_SIZE,
+    QWEN25_MIN_PIXELS,
+    QWEN25_PATCH_SIZE,
+    CoordFrame,
+    Resize,
+    add_frame_arguments,
+    frame_from_arguments,
+    rescale,
+)
 
 FORMATS: tuple[str, ...] = ("coco", "refcoco", "pixels")
-# Qwen2.5-VL's image processor: 14-pixel patches merged 2x2, so resized sides are multiples of 28; the
-# pixel bounds are its preprocessor_config.json defaults (and VLM-R1's --min_pixels / --max_pixels).
-QWEN25_PATCH_SIZE, QWEN25_MERGE_SIZE = 14, 2
-QWEN25_MIN_PIXELS, QWEN25_MAX_PIXELS = 56 * 56, 28 * 28 * 16384
 REC_PROMPT = "Find {phrase} in the image. Answer as: Label <box>[[x1, y1, x2, y2]]</box>, coordinates 0-{frame}."
 # VLM-R1's REC question ("...this sentence describes: the man in red."): the phrase is what follows it.
 _REC_QUESTION = re.compile(r"^.*?please provide the bounding box coordinates? of the region this sentence "
@@ -40,70 +55,19 @@ class ConvertError(ValueError):
     """The source as a whole cannot be read (not one bad record); the message names the file."""
 
 
-# ---------------------------------------------------------------- coordinate frames
-
-
-def smart_resize(height: int, width: int, factor: int = QWEN25_PATCH_SIZE * QWEN25_MERGE_SIZE,
-                 min_pixels: int = QWEN25_MIN_PIXELS, max_pixels: int = QWEN25_MAX_PIXELS) -> tuple[int, int]:
-    """(height, width) of the image a Qwen2.5-VL processor feeds the model: each side rounded to a multiple
-    of `factor`, then both scaled (aspect kept) into [min_pixels, max_pixels]. The rule of transformers'
-    Qwen2-VL image processor, written out because that one pulls in torch and refuses aspect ratios over
-    200 (its processor's limit, not the geometry's); tests/unit/test_convert.py checks that they agree."""
-    if min(height, width) < 1:
-        raise ValueError(f"image size {width}x{height} has an empty side")
-    h_bar = round(height / factor) * factor  # a side under factor / 2 rounds to 0: the min_pixels branch
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-@dataclass(frozen=True)
-class PixelFrame:
-    """Which pixels the source boxes count: the original image's (`resized=False`) or those of the image
-    a Qwen2.5-VL processor resized with these settings."""
-
-    resized: bool = False
-    factor: int = QWEN25_PATCH_SIZE * QWEN25_MERGE_SIZE
-    min_pixels: int = QWEN25_MIN_PIXELS
-    max_pixels: int = QWEN25_MAX_PIXELS
-
-    def size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) of the pixel grid the boxes of a width x height image are written in."""
-        if not self.resized:
-            return width, height
-        h, w = smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
-        return w, h
-
-
-def pixel_to_frame(box: Sequence[float], width: float, height: float, frame: int) -> list[float]:
-    """An xyxy pixel box of a width x height grid in the 0..frame relative frame (unrounded)."""
-    x1, y1, x2, y2 = box
-    return [x1 / width * frame, y1 / height * frame, x2 / width * frame, y2 / height * frame]
-
-
-def frame_to_pixel(box: Sequence[float], width: float, height: float, frame: int) -> list[float]:
-    """The inverse of `pixel_to_frame`: where a frame box lands on a width x height pixel grid."""
-    x1, y1, x2, y2 = box
-    return [x1 * width / frame, y1 * height / frame, x2 * width / frame, y2 * height / frame]
-
-
 # ---------------------------------------------------------------- one image to one row
+
+
+ORIGINAL_PIXELS = CoordFrame(relative=None)  # the source boxes count pixels of the image file
 
 
 @dataclass
 class Options:
     images: Path  # the folder image paths in the source are relative to
     out_dir: Path  # OUT's folder: written image paths are relative to it when the image lies inside
-    frame: int = 1000
+    frame: CoordFrame = CoordFrame(1000)  # the frame written
     prompt: str = ""
-    pixels: PixelFrame = field(default_factory=PixelFrame)
+    pixels: CoordFrame = ORIGINAL_PIXELS  # the frame the source's boxes count in: original or resized pixels
     clip: bool = True  # boxes reaching outside the image: clip them (True) or reject the record (False)
 
 
@@ -117,17 +81,6 @@ class Report:
 
 
 Obj = tuple[str, Sequence[float]]  # (label, xyxy box in source pixels)
-
-
-def image_size(path: Path) -> tuple[int, int] | str:
-    """(width, height) from the image header (PIL opens lazily, nothing is decoded), or why not."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        return f"image not found: {path}"
-    except Exception as e:  # Pillow raises many types for broken files; all mean "unreadable"
-        return f"unreadable image {path}: {type(e).__name__}: {e}"
 
 
 def _box(values: object) -> list[float] | None:
@@ -188,21 +141,23 @@ def _row(written: str, prompt: str, objects: Sequence[Obj], opts: Options, clips
     size = image_size(image)
     if isinstance(size, str):
         return size
-    width, height = grid or opts.pixels.size(*size)
+    width, height = grid or opts.pixels.extent(*size)
+    target = opts.frame.extent(*size)  # the written frame of the image file the model will see
     framed = []
     for label, box in objects:
         fitted = _fit(list(box), width, height, opts.clip, clips)
         if isinstance(fitted, str):
             return f"{fitted} (label {label!r})"
-        framed.append((label, pixel_to_frame(fitted, width, height, opts.frame)))
+        framed.append((label, rescale(fitted, (width, height), target)))
     # Canonical order, as the synthetic data: labels as the source lists them, then top-down, left-right.
     labels = list(dict.fromkeys(label for label, _ in framed))
     framed.sort(key=lambda o: (labels.index(o[0]), o[1][1], o[1][0]))
     try:
-        answer = format_answer(framed, opts.frame)
+        answer = format_answer(framed, target)
         written_labels = [label for label, _ in parse_reference_boxes(answer)]
     except ValueError as e:  # a box under one frame unit wide after rounding, or a label with < > [ ]
-        return f"{e} in the 0-{opts.frame} frame"
+        where = f"0-{opts.frame.relative}" if opts.frame.relative else f"{opts.frame.name} ({target[0]}x{target[1]})"
+        return f"{e} in the {where} frame"
     if written_labels != labels:
         return f"labels {labels} cannot be written as answer labels"
     return {"image": _image_ref(image, opts), "prompt": prompt, "answer": answer}
@@ -285,7 +240,7 @@ def convert_rec(src: Path, opts: Options, report: Report) -> None:
             report.problems.append(f"{where}: {parsed}")
             continue
         image, phrase, objects = parsed
-        build_row(image, opts.prompt.format(phrase=phrase, frame=opts.frame), objects, opts, where, report)
+        build_row(image, opts.prompt.format(phrase=phrase, frame=opts.frame.name), objects, opts, where, report)
 
 
 def _lines(src: Path) -> Iterator[tuple[int, str]]:
@@ -456,7 +411,7 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     common.add_argument("src", type=Path, help="the source file")
     common.add_argument("--out", type=Path, required=True, help="the JSONL to write (kept if it exists)")
     common.add_argument("--images", type=Path, help="folder the source's image paths are relative to (default: SRC's)")
-    common.add_argument("--frame", type=int, default=1000, help="coordinate frame to write (data.coord_frame)")
+    add_frame_arguments(common, "to write")
     common.add_argument("--out-of-bounds", choices=("clip", "reject"), default="clip",
                         help="boxes reaching outside the image: clip them (counted) or reject the record")
     common.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -476,7 +431,8 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     coco.add_argument("--crowd", choices=("skip", "keep"), default="skip",
                       help="iscrowd=1 boxes: leave them out (counted) or keep them as boxes")
     rec = formats.add_parser("refcoco", parents=[common, resized], help="RefCOCO / VLM-R1 REC or OVD jsonl")
-    rec.add_argument("--prompt", default=REC_PROMPT, help="prompt template; {phrase} and {frame} are filled in")
+    rec.add_argument("--prompt", help=f"prompt template; {{phrase}} and {{frame}} (relative frames) are filled "
+                                      f"in (default: {REC_PROMPT!r}; 'coordinates in pixels.' for qwen25_pixels)")
     pixels = formats.add_parser("pixels", parents=[common, resized], help="jsonl or csv, one pixel box a record")
     pixels.add_argument("--prompt", help="prompt of every row (default: the synthetic data's, in --frame)")
     pixels.add_argument("--box-format", choices=("xyxy", "xywh"), default="xyxy", help="how the 4 numbers read")
@@ -492,16 +448,17 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.force:
         print(f"{args.out} exists; pass --force to replace it")
         return 1
-    prompt = args.prompt or make_prompt(args.frame)
-    pixels = PixelFrame()
+    frame = frame_from_arguments(args)
+    prompt = args.prompt or (_rec_prompt(frame) if args.format == "refcoco" else make_prompt(frame))
+    pixels = ORIGINAL_PIXELS
     if getattr(args, "pixel_frame", "original") == "qwen25-resized":
-        pixels = PixelFrame(True, args.patch_size * args.merge_size, args.min_pixels, args.max_pixels)
-    opts = Options(images=args.images or args.src.parent, out_dir=args.out.parent, frame=args.frame,
+        pixels = CoordFrame(None, Resize(args.patch_size * args.merge_size, args.min_pixels, args.max_pixels))
+    opts = Options(images=args.images or args.src.parent, out_dir=args.out.parent, frame=frame,
                    prompt=prompt, pixels=pixels, clip=args.out_of_bounds == "clip")
     report = Report()
     try:
         if args.format == "refcoco":
-            _check_template(prompt)
+            _check_template(prompt, frame)
         if args.format == "coco":
             convert_coco(args.src, opts, report, crowd=args.crowd)
         elif args.format == "refcoco":
@@ -524,11 +481,19 @@ def run_convert(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _check_template(prompt: str) -> None:
+def _rec_prompt(frame: CoordFrame) -> str:
+    """The default REC template: REC_PROMPT, whose {frame} a relative frame fills with its N."""
+    return REC_PROMPT if frame.relative else "Find {phrase} in the image. " + answer_instruction(frame)
+
+
+def _check_template(prompt: str, frame: CoordFrame) -> None:
     try:
         prompt.format(phrase="", frame=0)
     except (KeyError, IndexError, ValueError) as e:
         raise ConvertError(f"--prompt {prompt!r}: only {{phrase}} and {{frame}} may be filled in ({e!r})") from e
+    if frame.per_image and "frame" in {name for _, name, _, _ in string.Formatter().parse(prompt)}:
+        raise ConvertError(f"--prompt {prompt!r}: {{frame}} has no one value in the {frame.name} frame (each image "
+                           "has its own size); write the words, e.g. 'coordinates in pixels'")
 
 
 def _summary(report: Report, args: argparse.Namespace, written: bool, opts: Options) -> str:

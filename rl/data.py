@@ -2,12 +2,13 @@
 
 A row is one JSON object per line: {"image": path, "prompt": str, "answer": str}. Image paths resolve
 against the JSONL file's folder and must stay inside it (or inside `data.image_roots`). Answers name
-boxes in a relative frame (Qwen3-VL: 0-1000):
+boxes in the coordinate frame of `data.coord_frame` (rl/frames.py; Qwen3-VL: relative 0-1000):
 "Nodule <box>[[x1, y1, x2, y2], ...]</box> Mass <box>[[...]]</box>", or "No findings." for none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from rl.config import DataConfig
+from rl.frames import CoordFrame, Extent, add_frame_arguments, frame_from_arguments, parse_frame
 
 CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Fracture", "Lesion")
 NO_FINDINGS = "No findings."
@@ -39,9 +41,13 @@ _MIN_SIDE, _MAX_SIDE = 0.12, 0.40  # object size as a fraction of the image side
 _MAX_IOU, _MIN_VISIBLE = 0.3, 0.6  # overlap allowed between objects; share of each one left visible
 
 
-def make_prompt(frame: int = 1000) -> str:
-    return (f"Find every finding in the image. Answer as: Label <box>[[x1, y1, x2, y2]]</box>, "
-            f"coordinates 0-{frame}.")
+def answer_instruction(frame: CoordFrame | int = 1000) -> str:
+    """The default prompts' answer format, naming the frame ("coordinates 0-1000." / "coordinates in pixels.")."""
+    return f"Answer as: Label <box>[[x1, y1, x2, y2]]</box>, coordinates {parse_frame(frame).prompt_hint()}."
+
+
+def make_prompt(frame: CoordFrame | int = 1000) -> str:
+    return f"Find every finding in the image. {answer_instruction(frame)}"
 
 
 DEFAULT_PROMPT = make_prompt(1000)
@@ -58,6 +64,7 @@ class GroundingRow:
     answer: str
     source: Path  # the JSONL file and 1-based line this row came from, for error messages
     line: int
+    extent: tuple[int, int]  # (w, h): the answer's boxes lie in [0, w] x [0, h] (its frame, for this image)
 
 
 @dataclass(frozen=True)
@@ -68,12 +75,13 @@ class LoadedSplit:
 
 # ---------------------------------------------------------------- answer text
 
-def format_answer(objects: Sequence[tuple[str, Sequence[float]]], frame: int) -> str:
-    """Boxes (already in the 0..frame frame) as answer text, grouped by label in first-appearance order."""
+def format_answer(objects: Sequence[tuple[str, Sequence[float]]], extent: Extent) -> str:
+    """Boxes (already in the frame, inside [0, w] x [0, h] of `extent`) as answer text, whole numbers,
+    grouped by label in first-appearance order."""
     groups: dict[str, list[str]] = {}
     for label, box in objects:
         coords = [int(np.floor(float(v) + 0.5)) for v in box]
-        if reason := _box_problem(coords, frame):
+        if reason := _box_problem(coords, extent):
             raise ValueError(f"{label}: {reason}")
         groups.setdefault(label, []).append("[" + ", ".join(map(str, coords)) + "]")
     if not groups:
@@ -117,13 +125,14 @@ def parse_reference_boxes(answer: str) -> list[tuple[str, list[list[float]]]]:
     return groups
 
 
-def _box_problem(box: Sequence[float], frame: int) -> str | None:
+def _box_problem(box: Sequence[float], extent: Extent) -> str | None:
     shown = "[" + ", ".join(f"{v:g}" for v in box) + "]"  # 1001, not 1001.0, as the user wrote it
     if len(box) != 4:
         return f"box {shown} has {len(box)} numbers, need 4"
     x1, y1, x2, y2 = box
-    if min(box) < 0 or max(box) > frame:
-        return f"box {shown} outside 0..{frame}"
+    width, height = extent
+    if min(box) < 0 or max(x1, x2) > width or max(y1, y2) > height:
+        return f"box {shown} outside 0..{width:g}" + ("" if width == height else f" x 0..{height:g}")
     if x2 <= x1:
         return f"box {shown} has x2 <= x1"
     if y2 <= y1:
@@ -147,6 +156,17 @@ def load_image(path: Path) -> Image.Image:
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # larger images are bad rows (a 2 GB decode is a denial of service)
 _MAX_PATH = 4096  # Linux's PATH_MAX: no file with a longer path can be opened
 _MAX_REASON = 500  # characters of a reason kept: a 1 MB path must not make a 1 MB log line
+
+
+def image_size(path: Path) -> tuple[int, int] | str:
+    """(width, height) from the image header (PIL opens lazily, nothing is decoded), or why not."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        return f"image not found: {path}"
+    except Exception as e:  # Pillow raises many types for broken files; all mean "unreadable"
+        return f"unreadable image {path}: {type(e).__name__}: {e}"
 
 
 def _image_problem(path: Path, max_pixels: int, decode: bool) -> str | None:
@@ -203,7 +223,7 @@ def _printable(reason: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason)
 
 
-def _parse_row(line: bytes, folder: Path, roots: Sequence[Path], frame: int, check_images: bool,
+def _parse_row(line: bytes, folder: Path, roots: Sequence[Path], frame: CoordFrame, check_images: bool,
                max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False) -> GroundingRow | str:
     """The row, or the reason it is bad (source and line are filled in by the caller). `roots`: the
     resolved folders its image may lie in (the dataset folder and `data.image_roots`)."""
@@ -224,27 +244,46 @@ def _parse_row(line: bytes, folder: Path, roots: Sequence[Path], frame: int, che
         groups = parse_reference_boxes(obj["answer"])
     except ValueError as e:
         return f"bad answer: {e}"
-    for label, boxes in groups:
-        for box in boxes:
-            if reason := _box_problem(box, frame):
-                return f"{reason} (label {label!r})"
     image = folder / obj["image"]  # an absolute "image" replaces folder; path_problem then vets it
     if reason := path_problem(image, obj["image"], roots):
         return reason
     if check_images and (reason := _image_problem(image, max_pixels, decode)):
         return reason
-    return GroundingRow(image=image, prompt=obj["prompt"], answer=obj["answer"], source=Path(), line=0)
+    found = _row_extent(image, frame)
+    if isinstance(found, str):
+        return found
+    extent, how = found
+    for label, boxes in groups:
+        for box in boxes:
+            if reason := _box_problem(box, extent):
+                return f"{reason}{how} (label {label!r})"
+    return GroundingRow(image=image, prompt=obj["prompt"], answer=obj["answer"], source=Path(), line=0,
+                        extent=extent)
 
 
-def load_split(path: Path, *, frame: int = 1000, on_error: Literal["raise", "skip"] = "raise",
+def _row_extent(image: Path, frame: CoordFrame) -> tuple[tuple[int, int], str] | str:
+    """The row's box range and how it came about (for messages): the frame's own, or for a per-image frame
+    from the image's size (its header only); or why the image cannot say."""
+    if not frame.per_image:
+        return frame.extent(0, 0), ""
+    size = image_size(image)
+    if isinstance(size, str):
+        return size
+    extent = frame.extent(*size)
+    return extent, (f" (data.coord_frame={frame.name}: the {size[0]}x{size[1]} image as the processor resizes "
+                    f"it, {extent[0]}x{extent[1]})")
+
+
+def load_split(path: Path, *, frame: CoordFrame | int = 1000, on_error: Literal["raise", "skip"] = "raise",
                check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False,
                image_roots: Sequence[str | Path] = ()) -> LoadedSplit:
     """Read and validate a JSONL split. Bad rows raise DatasetError, or with on_error="skip" are counted.
     `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.data check` does).
-    `image_roots`: folders besides the file's own that image paths may resolve into (`data.image_roots`)."""
+    `image_roots`: folders besides the file's own that image paths may resolve into (`data.image_roots`).
+    `frame`: what box numbers mean (`Config.frame()`); a per-image frame reads every image's header."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    path = Path(path)
+    path, frame = Path(path), parse_frame(frame)
     roots = [Path(root).resolve() for root in (path.parent, *image_roots)]
     rows: list[GroundingRow] = []
     skipped: list[str] = []
@@ -257,7 +296,7 @@ def load_split(path: Path, *, frame: int = 1000, on_error: Literal["raise", "ski
                 continue  # blank lines (e.g. a trailing newline) are not rows
             result = _parse_row(line, path.parent, roots, frame, check_images, max_pixels, decode)
             if isinstance(result, GroundingRow):
-                rows.append(GroundingRow(result.image, result.prompt, result.answer, path, number))
+                rows.append(dataclasses.replace(result, source=path, line=number))
             elif on_error == "raise":
                 raise DatasetError(f"{path}:{number}: {_printable(result)}")
             else:
@@ -337,7 +376,7 @@ def synthetic_example(rng: np.random.Generator, *, image_size: int, max_objects:
         objects.append((kind, box[1], box[0], classes[kind], box))
     # Canonical order (class, then top-to-bottom, left-to-right) so the target text is predictable.
     objects.sort(key=lambda o: o[:3])
-    return pixels, format_answer([(label, box) for *_, label, box in objects], frame)
+    return pixels, format_answer([(label, box) for *_, label, box in objects], (frame, frame))
 
 
 def generate_synthetic(out_dir: Path, *, num_train: int, num_val: int, num_test: int, image_size: int = 128,
@@ -483,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate JSONL files without training")
     check.add_argument("files", nargs="+", type=Path)
-    check.add_argument("--frame", type=int, default=1000, help="coordinate frame of the boxes (data.coord_frame)")
+    add_frame_arguments(check, "of the boxes")
     check.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, help="largest image, width x height")
     check.add_argument("--image-root", action="append", default=[], type=Path, metavar="DIR",
                        help="a folder image paths may point into besides the file's own (data.image_roots); "
@@ -493,9 +532,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "convert":
         return run_convert(args)
     rows = bad = 0
+    frame = frame_from_arguments(args)
     for file in args.files:
         try:
-            loaded = load_split(file, frame=args.frame, on_error="skip", max_pixels=args.max_pixels, decode=True,
+            loaded = load_split(file, frame=frame, on_error="skip", max_pixels=args.max_pixels, decode=True,
                                 image_roots=args.image_root)
         except OSError as e:
             print(f"{file}: cannot read ({e.strerror or e})")

@@ -58,11 +58,14 @@ def duplicate_boxes(completion: str) -> tuple[int, int]:
 
 
 def grounding_metrics(completions: Sequence[str], references: Sequence[str], rewards: RewardConfig | None = None,
-                      lengths: Sequence[int] | None = None, frame: float | None = None) -> dict[str, float]:
-    """Flat metrics dict; `lengths` (response tokens) feed the overlong penalty, `frame` clips boxes for AP."""
+                      lengths: Sequence[int] | None = None, extents: Sequence[tuple[float, float]] | None = None,
+                      ) -> dict[str, float]:
+    """Flat metrics dict; `lengths` (response tokens) feed the overlong penalty, `extents` (each answer's image
+    in the coordinate frame, `GroundingRow.extent`) clip predicted boxes for AP. Rewards and IoUs need no
+    frame: they compare boxes of one frame, and IoU / GIoU do not change when a frame scales an axis."""
     scores = score_batch(list(completions), list(references), rewards, lengths)
     ious = [iou for c, r in zip(completions, references, strict=True) for iou in matched_ious(c, r)]
-    ap = answers_ap(completions, references, frame)
+    ap = answers_ap(completions, references, extents)
     duplicates, boxes = np.sum([duplicate_boxes(c) for c in completions], axis=0) if completions else (0, 0)
     out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items()}
     out |= {"format_valid": float(np.mean(scores["tag_count"] == 1.0)),
@@ -83,15 +86,14 @@ def answer_rows(pool: Any, rows: Sequence[Any]) -> tuple[list[str], list[int]]:
     return [s.text if s else "" for s in samples], [len(s.response_ids) if s else 0 for s in samples]
 
 
-def evaluate_rows(pool: Any, rows: Sequence[Any], rewards: RewardConfig | None = None,
-                  frame: float | None = None) -> dict[str, float]:
+def evaluate_rows(pool: Any, rows: Sequence[Any], rewards: RewardConfig | None = None) -> dict[str, float]:
     """Greedy answers for `rows` through a `RolloutPool`, then `grounding_metrics`."""
     texts, lengths = answer_rows(pool, rows)
-    return grounding_metrics(texts, [row.answer for row in rows], rewards, lengths, frame)
+    return grounding_metrics(texts, [row.answer for row in rows], rewards, lengths, [row.extent for row in rows])
 
 
 def evaluate_sampled(pool: Any, rows: Sequence[Any], n: int, seed: int, rewards: RewardConfig | None = None,
-                     frame: float | None = None) -> dict[str, float]:
+                     ) -> dict[str, float]:
     """`n` seeded samples per row at the rollout temperature, scored together: the expected reward of the
     sampling policy, which is what GRPO maximises (greedy answers can move the other way, see
     docs/learning.md)."""
@@ -99,7 +101,8 @@ def evaluate_sampled(pool: Any, rows: Sequence[Any], n: int, seed: int, rewards:
     texts = [s.text for r in results for s in r.samples]
     lengths = [len(s.response_ids) for r in results for s in r.samples]
     references = [rows[r.index].answer for r in results for _ in r.samples]
-    return grounding_metrics(texts, references, rewards, lengths, frame)
+    extents = [rows[r.index].extent for r in results for _ in r.samples]
+    return grounding_metrics(texts, references, rewards, lengths, extents)
 
 
 @dataclass
@@ -113,11 +116,11 @@ def evaluate_split(cfg: Config, pool: Any) -> Evaluation:
     """`cfg.data.split` (its first `evaluation.max_rows` rows) answered by `pool` and scored."""
     from rl.data import load_split
 
-    rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.data.coord_frame,
+    rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
                       on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
     rows = rows[: cfg.evaluation.max_rows or None]
     texts, lengths = answer_rows(pool, rows)
-    metrics = grounding_metrics(texts, [r.answer for r in rows], cfg.rewards, lengths, cfg.data.coord_frame)
+    metrics = grounding_metrics(texts, [r.answer for r in rows], cfg.rewards, lengths, [r.extent for r in rows])
     return Evaluation(metrics | {"rows": float(len(rows))}, rows, texts)
 
 
@@ -150,7 +153,7 @@ def write_evaluation(ev: Evaluation, cfg: Config, out_dir: str | Path, title: st
     shown = ev.rows[: cfg.evaluation.gallery_rows]
     if shown:
         grid = prediction_grid([r.image for r in shown], ev.completions[: len(shown)], [r.answer for r in shown],
-                               cfg.data.coord_frame)
+                               [r.extent for r in shown])
         grid.save(out / "gallery.png", optimize=True)
     return out
 

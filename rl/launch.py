@@ -20,10 +20,13 @@ def prepare(cfg: Config, stages: Sequence[str] = ()) -> None:
     """Make sure the model checkpoint, the dataset and every split file `stages` read exist, before Ray or
     any actor starts: a bad model.path is a ConfigError, a missing split a DatasetError naming the file."""
     from rl.data import ensure_dataset, split_path
+    from rl.model_path import check_frame
     from rl.sft_data import sft_split_path
     from rl.tiny import ensure_model
 
     ensure_model(cfg.model)
+    if cfg.model.tiny is None:
+        check_frame(Path(cfg.model.path), cfg.frame())
     ensure_dataset(cfg.data)  # data.split: what rl.evaluate answers, what GRPO trains on
     if "sft" in stages:
         sft_split_path(cfg, "train")

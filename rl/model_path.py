@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from rl.config import ConfigError
+from rl.frames import CoordFrame
 
 TINY_MARKER = "tiny_build.json"  # rl.tiny writes it last into every complete tiny build
 MODEL_TYPES = ("qwen3_vl", "qwen2_5_vl")
@@ -54,6 +55,23 @@ def check_checkpoint(path: Path) -> None:
     problems = [p for p in (_config_problem(path), _weights_problem(path), _processor_problem(path)) if p]
     if problems:
         raise ModelPathError(f"model.path={path}: not a usable checkpoint: " + "; ".join(problems))
+
+
+def check_frame(path: Path, frame: CoordFrame) -> None:
+    """Raise when a resized-pixel frame (qwen25_pixels: sides multiples of 28) is set for a checkpoint (already
+    checked) whose vision tower tiles images otherwise, e.g. Qwen3-VL's 16-pixel patches merged 2x2: that
+    model sees another resized image and answers in its relative 0-1000 frame, so every reward would be off."""
+    if frame.resize is None:
+        return
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else {}
+    patch, merge = vision.get("patch_size"), vision.get("spatial_merge_size")
+    if type(patch) is int and type(merge) is int and patch * merge != frame.resize.factor:
+        raise ModelPathError(
+            f"data.coord_frame={frame.name} is Qwen2.5-VL's frame (images resized to multiples of "
+            f"{frame.resize.factor} pixels), but model.path={path} (model_type {config.get('model_type')!r}) tiles "
+            f"images by patch_size {patch} x spatial_merge_size {merge} = {patch * merge}; Qwen3-VL answers in the "
+            "relative frame: data.coord_frame=1000")
 
 
 def _config_problem(path: Path) -> str | None:

@@ -25,7 +25,7 @@ def run_preview(cfg: Config, split: str | None = None, num_rows: int = PREVIEW_R
     platform = get_platform(cfg.cluster.platform)
     apply_env(platform)
     split = split or cfg.data.val_split
-    rows = load_split(Path(cfg.data.path) / f"{split}.jsonl", frame=cfg.data.coord_frame,
+    rows = load_split(Path(cfg.data.path) / f"{split}.jsonl", frame=cfg.frame(),
                       on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows[:num_rows]
     engine = engine or build_engine(cfg.model, cfg.rollout, platform)
     outputs = engine.generate(engine_inputs(rows, engine.get_tokenizer()),

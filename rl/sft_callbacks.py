@@ -49,7 +49,7 @@ class GroundingEval(TrainerCallback):
         pairs = sorted(gather_object(list(zip(mine, answers, strict=True))) if acc.num_processes > 1
                        else zip(mine, answers, strict=True))
         metrics = grounding_metrics([a for _, a in pairs], [r.answer for r in self.rows], self.cfg.rewards,
-                                    frame=self.cfg.data.coord_frame) | reliance
+                                    extents=[r.extent for r in self.rows]) | reliance
         self.scalars.val_metrics(step, when, metrics, len(self.rows))
         return metrics
 

@@ -73,7 +73,7 @@ def load_sft_split(cfg: Config, role: Literal["train", "val"], processor: Any) -
     truncated through the middle of an answer) raise DatasetError naming file:line, or with
     data.on_error=skip are dropped and listed in `skipped`."""
     path = sft_split_path(cfg, role)
-    loaded = load_split(path, frame=cfg.data.coord_frame, on_error=cfg.data.on_error,
+    loaded = load_split(path, frame=cfg.frame(), on_error=cfg.data.on_error,
                         image_roots=cfg.data.image_roots)
     tokenizer = processor.tokenizer
     rows, lengths, prompt_lengths, skipped = [], [], [], list(loaded.skipped)

@@ -62,7 +62,7 @@ def grpo_rows(cfg: Config) -> tuple[list[GroundingRow], list[GroundingRow]]:
     """The rows GRPO trains on (`data.split`) and the held-out ones (the first `grpo.eval_rows` of
     `data.val_split`; none when it is 0), from `data.path`; DatasetError naming a missing file."""
     def rows(name: str, key: str) -> list[GroundingRow]:
-        return load_split(split_path(cfg.data.path, name, key), frame=cfg.data.coord_frame,
+        return load_split(split_path(cfg.data.path, name, key), frame=cfg.frame(),
                           on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
 
     train = rows(cfg.data.split, "data.split")
@@ -150,9 +150,9 @@ class GRPOTrainer:
         grpo.eval_seed: the same draws before and after); empty when there are no held-out rows."""
         if not self.val_rows:
             return {}
-        frame, rewards = self.cfg.data.coord_frame, self.cfg.rewards
-        greedy = evaluate_rows(self.pool, self.val_rows, rewards, frame)
-        sampled = evaluate_sampled(self.pool, self.val_rows, self.group_size, self.cfg.grpo.eval_seed, rewards, frame)
+        rewards = self.cfg.rewards
+        greedy = evaluate_rows(self.pool, self.val_rows, rewards)
+        sampled = evaluate_sampled(self.pool, self.val_rows, self.group_size, self.cfg.grpo.eval_seed, rewards)
         return greedy | {f"sampled/{k}": v for k, v in sampled.items()}
 
     def train_step(self) -> dict[str, float]:
@@ -385,7 +385,7 @@ class GRPOTrainer:
             return
         results, _ = self.pool.generate(rows, n=1, greedy=True)
         texts = [r.samples[0].text if r.samples else "" for r in results]
-        image = prediction_grid([r.image for r in rows], texts, [r.answer for r in rows], self.cfg.data.coord_frame)
+        image = prediction_grid([r.image for r in rows], texts, [r.answer for r in rows], [r.extent for r in rows])
         writer.add_image("predictions", np.asarray(image), self.step, dataformats="HWC")
 
 

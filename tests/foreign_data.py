@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from rl.convert import smart_resize
+from rl.frames import smart_resize
 
 COLOURS = {"cat": (230, 60, 60), "dog": (60, 110, 235), "the red square": (230, 60, 60)}
 

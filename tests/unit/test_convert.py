@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from rewards import RewardConfig, score
-from rl.convert import PixelFrame, frame_to_pixel, pixel_to_frame, smart_resize
 from rl.data import format_answer, load_split, main, make_prompt, parse_reference_boxes
+from rl.frames import CoordFrame, Resize, rescale, smart_resize
 from tests.foreign_data import REC_IMAGES, REC_MAX_PIXELS, REC_MIN_PIXELS, resized_box, write_coco, write_vlmr1
 
 SIZES = [(37, 1013), (1013, 37), (1, 500), (500, 1), (4000, 3), (3, 4000), (641, 479), (1999, 1001)]
@@ -53,8 +53,8 @@ def test_pixel_frame_pixel_round_trip(width, height, resized):
     """Original pixels -> (the Qwen2.5-VL-resized image's pixels) -> the answer text's integers -> pixels:
     within one pixel wherever a frame unit is at most two pixels (sides up to 2000 in the 0-1000 frame),
     else within half a frame unit, the resolution the integer frame has."""
-    frame, pixels = 1000, PixelFrame(resized=resized)
-    grid_w, grid_h = pixels.size(width, height)
+    frame, pixels = 1000, CoordFrame(None, Resize() if resized else None)
+    grid_w, grid_h = pixels.extent(width, height)
     rng = np.random.default_rng([width, height])
     boxes = [[0, 0, width, height]]
     for _ in range(50):
@@ -63,9 +63,9 @@ def test_pixel_frame_pixel_round_trip(width, height, resized):
         boxes.append([x1, y1, max(x2, x1 + width / 500), max(y2, y1 + height / 500)])
     for box in boxes:
         source = [box[0] * grid_w / width, box[1] * grid_h / height, box[2] * grid_w / width, box[3] * grid_h / height]
-        answer = format_answer([("thing", pixel_to_frame(source, grid_w, grid_h, frame))], frame)
+        answer = format_answer([("thing", rescale(source, (grid_w, grid_h), (frame, frame)))], (frame, frame))
         ((_, (written,)),) = parse_reference_boxes(answer)
-        back = frame_to_pixel(written, width, height, frame)
+        back = rescale(written, (frame, frame), (width, height))
         for axis, size in ((0, width), (1, height)):
             error = max(abs(back[axis] - box[axis]), abs(back[axis + 2] - box[axis + 2]))
             bound = max(1.0, size / frame / 2) + 1e-9
@@ -103,7 +103,7 @@ def test_coco_and_vlmr1_convert_check_and_score_perfectly(tmp_path, capsys):
         ((label, (written,)),) = parse_reference_boxes(row["answer"])
         assert label == phrase and Path(row["image"]).name == name
         # The resized boxes were rounded to whole resized pixels (up to ~0.9 original pixels here).
-        assert np.abs(np.array(frame_to_pixel(written, width, height, 1000)) - box).max() <= 1.5
+        assert np.abs(np.array(rescale(written, (1000, 1000), (width, height))) - box).max() <= 1.5
         assert resized_box(width, height, box) != [round(v) for v in box]  # the resize did change the numbers
 
     roots = ["--image-root", tmp_path / "coco" / "images", "--image-root", tmp_path / "rec" / "images"]

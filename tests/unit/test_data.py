@@ -150,14 +150,14 @@ def test_generation_is_idempotent_and_replaces_only_its_own_data(tmp_path: Path)
 
 def test_format_answer_groups_by_label_in_first_appearance_order() -> None:
     objects = [("Mass", [10, 20, 30, 40]), ("Nodule", [1.4, 2.5, 3.6, 4]), ("Mass", [0, 0, 1000, 1000])]
-    text = format_answer(objects, 1000)
+    text = format_answer(objects, (1000, 1000))
     assert text == "Mass <box>[[10, 20, 30, 40], [0, 0, 1000, 1000]]</box> Nodule <box>[[1, 3, 4, 4]]</box>"
     assert parse_reference_boxes(text) == [
         ("Mass", [[10, 20, 30, 40], [0, 0, 1000, 1000]]), ("Nodule", [[1, 3, 4, 4]])]
-    assert format_answer([], 1000) == NO_FINDINGS and parse_reference_boxes(NO_FINDINGS) == []
+    assert format_answer([], (1000, 1000)) == NO_FINDINGS and parse_reference_boxes(NO_FINDINGS) == []
     for bad in ([5, 0, 5, 10], [0, 0, 1001, 10], [1, 2, 3]):
         with pytest.raises(ValueError):
-            format_answer([("Mass", bad)], 1000)
+            format_answer([("Mass", bad)], (1000, 1000))
 
 
 def test_parser_accepts_user_spellings() -> None:

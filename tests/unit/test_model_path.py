@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rl.config import ModelConfig, TinyModelConfig
-from rl.model_path import ModelPathError, check_checkpoint, check_tiny_target
+from rl.frames import parse_frame
+from rl.model_path import ModelPathError, check_checkpoint, check_frame, check_tiny_target
 from rl.tiny import MARKER, ensure_model
 
 
@@ -131,3 +132,21 @@ def test_a_path_that_does_not_exist_is_an_error_not_a_random_model_or_a_hub_look
     (tmp_path / "weights.safetensors").write_text("w")
     with pytest.raises(ModelPathError, match="weights.safetensors: is not a folder"):
         check_checkpoint(tmp_path / "weights.safetensors")
+
+
+def test_a_resized_pixel_frame_must_match_the_checkpoints_patch_tiling(tmp_path):
+    """qwen25_pixels with a Qwen3-VL checkpoint (16-pixel patches: a 32-multiple resize, a 0-1000 answer) stops
+    before anything starts; with Qwen2.5-VL's 14 x 2 tiling, or a relative frame, it passes."""
+    qwen3 = _checkpoint(tmp_path / "qwen3", {"model_type": "qwen3_vl",
+                                             "vision_config": {"patch_size": 16, "spatial_merge_size": 2}})
+    qwen25 = _checkpoint(tmp_path / "qwen25", {"model_type": "qwen2_5_vl",
+                                               "vision_config": {"patch_size": 14, "spatial_merge_size": 2}})
+    pixels = parse_frame("qwen25_pixels")
+    with pytest.raises(ModelPathError) as err:
+        check_frame(qwen3, pixels)
+    assert str(err.value) == (
+        f"data.coord_frame=qwen25_pixels is Qwen2.5-VL's frame (images resized to multiples of 28 pixels), but "
+        f"model.path={qwen3} (model_type 'qwen3_vl') tiles images by patch_size 16 x spatial_merge_size 2 = 32; "
+        "Qwen3-VL answers in the relative frame: data.coord_frame=1000")
+    check_frame(qwen25, pixels)
+    check_frame(qwen3, parse_frame(1000))

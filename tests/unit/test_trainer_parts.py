@@ -128,7 +128,7 @@ def test_duplicate_rate_counts_boxes_repeating_an_earlier_box_of_their_label():
 def test_drawing_puts_reference_and_prediction_boxes_on_the_image():
     image = Image.new("RGB", (100, 100), (0, 0, 0))
     out = np.asarray(draw(image, "A <box>[[100, 100, 500, 500]]</box>", "A <box>[[600, 600, 900, 900]]</box>",
-                          frame=1000, scale=2))
+                          extent=(1000, 1000), scale=2))
     assert out.shape == (200, 200, 3)
     assert tuple(out[20, 60]) == PREDICTION  # top edge of the predicted box at y = 0.1 x 200
     assert tuple(out[120, 150]) == REFERENCE  # top edge of the reference box at y = 0.6 x 200
