@@ -91,7 +91,10 @@ class Learner(WeightSource, Locatable):
         from torch.distributed import TCPStore
         from transformers import AutoConfig
 
+        from actors.ds_checkpoint import use_weights_only_loads
+
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        use_weights_only_loads()  # resume runs no code from a checkpoint folder (docs/security.md)
         # ZeRO-3 calls torch's deprecated reduce_scatter_tensor on every step: one line per call, no news.
         warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.* is deprecated", category=FutureWarning)
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at start-up that only its
@@ -420,7 +423,8 @@ class Learner(WeightSource, Locatable):
         return str(final)
 
     def load(self, path: str) -> None:
-        """Weights, optimizer and scheduler state from `save(path)` (same number of learners)."""
+        """Weights, optimizer and scheduler state from `save(path)` (same number of learners), loaded
+        weights-only: a file that pickles anything else raises `UnsafeCheckpointError` naming it."""
         load_path, _ = self.engine.load_checkpoint(str(Path(path) / "deepspeed"), tag=DS_TAG,
                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:

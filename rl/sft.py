@@ -268,6 +268,10 @@ def build_run(cfg: Config) -> SFTRun:
         raise DatasetError(f"{sft_split_path(cfg, 'train')}: no usable train rows (data.split={cfg.data.split})")
     folder = run_dir(cfg)
     args = training_args(cfg, platform, folder)  # before the model: under ZeRO-3 it then loads partitioned
+    if args.deepspeed is not None:  # the Trainer's DeepSpeed engine resumes weights-only (docs/security.md)
+        from actors.ds_checkpoint import use_weights_only_loads
+
+        use_weights_only_loads()
     resume = find_resume(cfg)
     if args.should_save:
         folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ saved (which also exercises save/load). Other groups live only inside their test
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from rl.config import Config
 from rl.data import load_split
 from rl.grpo import group_advantages
 from rl.model_parts import is_vision_encoder
+from tests.unit.test_ds_checkpoint import Payload
 
 slow = pytest.mark.slow
 
@@ -186,6 +188,22 @@ def test_save_writes_hf_weights_and_load_restores_optimizer_state(fresh, samples
     fresh.update(samples)  # Adam moments and the lr schedule came back too: the same step again
     again = fresh.full_state_dict()
     assert max((again[k] - continued[k]).abs().max().item() for k in saved) < 1e-6
+
+
+@slow
+def test_load_refuses_a_pickle_payload_planted_in_the_optimizer_state(group, initial, tmp_path):
+    from actors.ds_checkpoint import DEEPSPEED_TYPES
+
+    planted = Path(shutil.copytree(initial, tmp_path / "planted"))
+    optim = next((planted / "deepspeed").rglob("*optim_states.pt"))
+    with torch.serialization.safe_globals(list(DEEPSPEED_TYPES)):
+        state = torch.load(optim, weights_only=True)
+    marker = tmp_path / "ran"
+    torch.save({**state, "payload": Payload(marker)}, optim)
+    with pytest.raises(LearnerError, match=rf"(?s)learner1-0 .* failed during load: .*{optim}: refused to load: "
+                                           r"it pickles io.open, which is not tensor data"):
+        group.load(planted)
+    assert not marker.exists()
 
 
 @slow

@@ -1,0 +1,65 @@
+"""DeepSpeed state loads as tensors and plain data only: resuming from a checkpoint folder runs no code
+from it.
+
+DeepSpeed's own checkpoint engine reads its `.pt` files with `torch.load(weights_only=False)`, i.e. full
+pickle: a file in a checkpoint folder from elsewhere could run anything on resume. Every DeepSpeed engine
+created after `use_weights_only_loads()` (the learners', and SFT's on accelerators) gets
+`WeightsOnlyCheckpointEngine` instead, which saves the same files and loads them weights-only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine, create_checkpoint_engine
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
+
+# The only non-torch types DeepSpeed pickles into ZeRO-2/3 optimizer state, fp32 or bf16, offloaded or not
+# (the model-state files hold none). Weights-only loading builds them from plain data (an int enum, and
+# two classes whose attributes are set to numbers): no call other than the class itself.
+DEEPSPEED_TYPES = (ZeroStageEnum, LossScaler, fragment_address)
+_ALLOWED = {f"{t.__module__}.{t.__qualname__}" for t in DEEPSPEED_TYPES}
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file holds something other than tensors and plain data; the message names the file."""
+
+
+class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading with `weights_only=True`."""
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        # The pickle's globals are listed without running it, to name the file and what it asks for
+        # (torch's own refusal names neither); the weights-only load below enforces the same rule.
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except ValueError as exc:  # not a zip-format torch file: DeepSpeed writes none other
+            raise UnsafeCheckpointError(f"{path}: not a checkpoint file written by torch.save ({exc})") from exc
+        unsafe = sorted(set(found) - _ALLOWED)
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load: it pickles {', '.join(unsafe)}, which is not tensor data (DeepSpeed "
+                f"state loads weights-only: tensors, containers, numbers and {', '.join(sorted(_ALLOWED))})")
+        with torch.serialization.safe_globals(list(DEEPSPEED_TYPES)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _create(config_params: Any, *args: Any, **kwargs: Any) -> WeightsOnlyCheckpointEngine:
+    made = create_checkpoint_engine(config_params, *args, **kwargs)
+    # The other engines, and DeepSpeed's universal-checkpoint loader, read their files with full pickle.
+    if getattr(config_params, "load_universal_checkpoint", False):
+        raise ValueError("the DeepSpeed config sets checkpoint.load_universal, whose loader reads files with pickle")
+    if type(made) is not TorchCheckpointEngine:
+        raise ValueError(f"the DeepSpeed config selects {type(made).__name__}, which loads checkpoints with pickle: "
+                         "only the default torch checkpoint engine is supported")
+    return WeightsOnlyCheckpointEngine(config_params)
+
+
+def use_weights_only_loads() -> None:
+    """Every DeepSpeed engine this process creates from now on loads its checkpoints weights-only."""
+    import deepspeed.runtime.engine as ds_engine
+
+    ds_engine.create_checkpoint_engine = _create

@@ -1,0 +1,77 @@
+"""DeepSpeed state loads weights-only (actors/ds_checkpoint.py): a checkpoint file that pickles code is
+refused, naming the file, before anything in it runs; DeepSpeed's own state still loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import deepspeed.runtime.engine as ds_engine
+import pytest
+import torch
+from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.config import DeepSpeedConfig
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
+
+from actors.ds_checkpoint import UnsafeCheckpointError, WeightsOnlyCheckpointEngine, use_weights_only_loads
+
+
+class Payload:
+    """Unpickling it creates `marker`: the stand-in for code a hostile checkpoint runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def plant(path: Path, marker: Path) -> Path:
+    """An optimizer-state file as DeepSpeed writes it, with the payload beside the tensors."""
+    torch.save({"optimizer_state_dict": {"state": {0: {"exp_avg": torch.ones(3)}}}, "payload": Payload(marker)},
+               path)
+    return path
+
+
+def test_deepspeeds_own_engine_runs_the_payload_ours_refuses_it_naming_the_file(tmp_path):
+    marker = tmp_path / "ran"
+    state = plant(tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt", marker)
+    TorchCheckpointEngine().load(str(state))  # the threat: DeepSpeed's default loader unpickles
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(UnsafeCheckpointError, match=rf"^{state}: refused to load: it pickles io.open, which is not"):
+        WeightsOnlyCheckpointEngine().load(str(state))
+    assert not marker.exists()
+
+
+def test_deepspeed_state_types_and_tensors_load(tmp_path):
+    state = {"zero_stage": ZeroStageEnum.weights, "loss_scaler": LossScaler(1.0), "ds_version": "0.19",
+             "param_slice_mappings": [{"w": fragment_address(numel=4, start=2)}], "fp32": torch.arange(4.0)}
+    torch.save(state, tmp_path / "optim.pt")
+    loaded = WeightsOnlyCheckpointEngine().load(str(tmp_path / "optim.pt"))
+    assert loaded["zero_stage"] is ZeroStageEnum.weights and loaded["loss_scaler"].cur_scale == 1.0
+    assert loaded["param_slice_mappings"][0]["w"] == fragment_address(numel=4, start=2)
+    assert torch.equal(loaded["fp32"], torch.arange(4.0))
+
+
+def test_a_file_not_written_by_torch_save_is_refused_naming_it(tmp_path):
+    marker = tmp_path / "ran"
+    legacy = tmp_path / "state.pt"  # torch's pre-zip format: not what DeepSpeed writes
+    torch.save({"payload": Payload(marker)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match=rf"^{legacy}: not a checkpoint file written by torch.save"):
+        WeightsOnlyCheckpointEngine().load(str(legacy))
+    assert not marker.exists()
+
+
+def test_engines_created_after_the_switch_load_weights_only(monkeypatch):
+    monkeypatch.setattr(ds_engine, "create_checkpoint_engine", ds_engine.create_checkpoint_engine)  # undone after
+    use_weights_only_loads()
+    config = DeepSpeedConfig({"train_micro_batch_size_per_gpu": 1})
+    made = ds_engine.create_checkpoint_engine(config, groups=None, zero_stage=3, has_moe_layers=False,
+                                              optimize_dp_state=False)
+    assert type(made) is WeightsOnlyCheckpointEngine
+    universal = DeepSpeedConfig({"train_micro_batch_size_per_gpu": 1, "checkpoint": {"load_universal": True}})
+    with pytest.raises(ValueError, match="sets checkpoint.load_universal, whose loader reads files with pickle"):
+        ds_engine.create_checkpoint_engine(universal, groups=None, zero_stage=3, has_moe_layers=False,
+                                           optimize_dp_state=False)
