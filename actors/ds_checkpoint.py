@@ -17,32 +17,19 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
+from actors.torch_state import refuse_unsafe
+
 # The only non-torch types DeepSpeed pickles into ZeRO-2/3 optimizer state, fp32 or bf16, offloaded or not
 # (the model-state files hold none). Weights-only loading builds them from plain data (an int enum, and
 # two classes whose attributes are set to numbers): no call other than the class itself.
 DEEPSPEED_TYPES = (ZeroStageEnum, LossScaler, fragment_address)
-_ALLOWED = {f"{t.__module__}.{t.__qualname__}" for t in DEEPSPEED_TYPES}
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint file holds something other than tensors and plain data; the message names the file."""
 
 
 class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
     """DeepSpeed's torch checkpoint engine, loading with `weights_only=True`."""
 
     def load(self, path: str, map_location: Any = None) -> Any:
-        # The pickle's globals are listed without running it, to name the file and what it asks for
-        # (torch's own refusal names neither); the weights-only load below enforces the same rule.
-        try:
-            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except ValueError as exc:  # not a zip-format torch file: DeepSpeed writes none other
-            raise UnsafeCheckpointError(f"{path}: not a checkpoint file written by torch.save ({exc})") from exc
-        unsafe = sorted(set(found) - _ALLOWED)
-        if unsafe:
-            raise UnsafeCheckpointError(
-                f"{path}: refused to load: it pickles {', '.join(unsafe)}, which is not tensor data (DeepSpeed "
-                f"state loads weights-only: tensors, containers, numbers and {', '.join(sorted(_ALLOWED))})")
+        refuse_unsafe(path, DEEPSPEED_TYPES)  # names the file; the weights-only load enforces the same rule
         with torch.serialization.safe_globals(list(DEEPSPEED_TYPES)):
             return torch.load(path, map_location=map_location, weights_only=True)
 

@@ -8,6 +8,7 @@ saved (which also exercises save/load). Other groups live only inside their test
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from rl.config import Config
 from rl.data import load_split
 from rl.grpo import group_advantages
 from rl.model_parts import is_vision_encoder
-from tests.unit.test_ds_checkpoint import Payload
+from tests.payload import plant
 
 slow = pytest.mark.slow
 
@@ -199,9 +200,9 @@ def test_load_refuses_a_pickle_payload_planted_in_the_optimizer_state(group, ini
     with torch.serialization.safe_globals(list(DEEPSPEED_TYPES)):
         state = torch.load(optim, weights_only=True)
     marker = tmp_path / "ran"
-    torch.save({**state, "payload": Payload(marker)}, optim)
-    with pytest.raises(LearnerError, match=rf"(?s)learner1-0 .* failed during load: .*{optim}: refused to load: "
-                                           r"it pickles io.open, which is not tensor data"):
+    plant(optim, state, marker)
+    refused = rf"(?s)learner1-0 .* failed during load: .*{re.escape(str(optim))}: refused to load: it pickles io.open"
+    with pytest.raises(LearnerError, match=refused):
         group.load(planted)
     assert not marker.exists()
 
