@@ -9,6 +9,7 @@ created after `use_weights_only_loads()` (the learners', and SFT's on accelerato
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
-from actors.torch_state import refuse_unsafe
+from actors.checkpoint_files import check_digest, manifest_entry, refuse_unsafe
 
 # The only non-torch types DeepSpeed pickles into ZeRO-2/3 optimizer state, fp32 or bf16, offloaded or not
 # (the model-state files hold none). Weights-only loading builds them from plain data (an int enum, and
@@ -26,9 +27,22 @@ DEEPSPEED_TYPES = (ZeroStageEnum, LossScaler, fragment_address)
 
 
 class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
-    """DeepSpeed's torch checkpoint engine, loading with `weights_only=True`."""
+    """DeepSpeed's torch checkpoint engine, loading with `weights_only=True`. It also keeps the manifest
+    entry of every file it saves (`written`: hashed here, by the rank that wrote the file, while the file
+    is in the page cache) and, while `expected` is set, loads only files whose sha256 it lists."""
+
+    def __init__(self, config_params: Any = None):
+        super().__init__(config_params)
+        self.written: dict[str, dict[str, Any]] = {}  # file path -> {"bytes", "sha256"}
+        self.expected: dict[str, str] | None = None  # file path -> sha256; None: no manifest to check against
+
+    def save(self, state_dict: Any, path: str) -> None:
+        super().save(state_dict, path)
+        self.written[os.path.normpath(path)] = manifest_entry(path)
 
     def load(self, path: str, map_location: Any = None) -> Any:
+        if self.expected is not None:
+            check_digest(path, self.expected.get(os.path.normpath(path)))
         refuse_unsafe(path, DEEPSPEED_TYPES)  # names the file; the weights-only load enforces the same rule
         with torch.serialization.safe_globals(list(DEEPSPEED_TYPES)):
             return torch.load(path, map_location=map_location, weights_only=True)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actors.checkpoint_files import manifest_entry
 from actors.learner_batch import (
     Collator,
     MetricSum,
@@ -393,10 +394,12 @@ class Learner(WeightSource, Locatable):
                 out.update((n, t.detach().to("cpu", copy=True)) for n, t in bucket)
         return out if self.rank == 0 else None
 
-    def save(self, path: str) -> str:
+    def save(self, path: str) -> dict[str, dict[str, Any]]:
         """HF weights (safetensors, loadable by transformers and vLLM) + processor files at `path`,
         DeepSpeed's optimizer / scheduler / fp32 shards under `path`/deepspeed. Written to a temporary
-        sibling, then renamed: a crash never leaves a half checkpoint at `path`."""
+        sibling, then renamed: a crash never leaves a half checkpoint at `path`. Returns the manifest
+        entries (bytes, sha256; by path under `path`) of the files this rank wrote, hashed as they were
+        written: the ranks share the hashing and nothing is read back from a shared filesystem."""
         import torch.distributed as dist
 
         final = Path(path)
@@ -406,12 +409,17 @@ class Learner(WeightSource, Locatable):
             tmp.mkdir(parents=True)
         dist.barrier()
         state = self.full_state_dict()
+        written = {}
         if self.rank == 0:
             self.policy.save_pretrained(tmp, state_dict=state)
             for pattern in PROCESSOR_FILES:
                 for src in Path(self.cfg.model.path).glob(pattern):
                     shutil.copy2(src, tmp / src.name)
+            written = {f.name: manifest_entry(f) for f in tmp.iterdir() if f.is_file()}
+        files = self.engine.checkpoint_engine.written
+        files.clear()
         self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG)
+        written |= {str(Path(f).relative_to(tmp)): entry for f, entry in files.items()}
         dist.barrier()
         if self.rank == 0:
             old = final.with_name(f".{final.name}.old")
@@ -420,13 +428,21 @@ class Learner(WeightSource, Locatable):
             os.rename(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
-        return str(final)
+        return written
 
-    def load(self, path: str) -> None:
+    def load(self, path: str, digests: dict[str, str] | None = None) -> None:
         """Weights, optimizer and scheduler state from `save(path)` (same number of learners), loaded
-        weights-only: a file that pickles anything else raises `UnsafeCheckpointError` naming it."""
-        load_path, _ = self.engine.load_checkpoint(str(Path(path) / "deepspeed"), tag=DS_TAG,
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        weights-only: a file that pickles anything else raises `UnsafeCheckpointError` naming it. With
+        `digests` (sha256 by path under `path`, from the checkpoint's manifest) every file is checked
+        as it is read, and one that differs or is not listed raises `CorruptCheckpointError` naming it."""
+        files = self.engine.checkpoint_engine
+        if digests is not None:
+            files.expected = {os.path.normpath(Path(path) / rel): sha for rel, sha in digests.items()}
+        try:
+            load_path, _ = self.engine.load_checkpoint(str(Path(path) / "deepspeed"), tag=DS_TAG,
+                                                       load_optimizer_states=True, load_lr_scheduler_states=True)
+        finally:
+            files.expected = None
         if load_path is None:
             raise FileNotFoundError(f"{path}: no DeepSpeed state under {Path(path) / 'deepspeed'}")
 
@@ -484,11 +500,13 @@ class LearnerGroup:
     def full_state_dict(self) -> dict[str, Tensor]:
         return self._call("full_state_dict", [a.full_state_dict.remote() for a in self.actors])[0]
 
-    def save(self, path: str | Path) -> str:
-        return self._call("save", [a.save.remote(str(path)) for a in self.actors])[0]
+    def save(self, path: str | Path) -> dict[str, dict[str, Any]]:
+        """`Learner.save` on every rank; the manifest entries of the files they wrote, by path under `path`."""
+        return {rel: entry for written in self._call("save", [a.save.remote(str(path)) for a in self.actors])
+                for rel, entry in written.items()}
 
-    def load(self, path: str | Path) -> None:
-        self._call("load", [a.load.remote(str(path)) for a in self.actors])
+    def load(self, path: str | Path, digests: dict[str, str] | None = None) -> None:
+        self._call("load", [a.load.remote(str(path), digests) for a in self.actors])
 
     def shutdown(self) -> None:
         import ray

@@ -213,7 +213,7 @@ def check_state_files(checkpoint: Path, key: str) -> None:
     the Trainer's weights-only load would refuse it too, but without naming it."""
     import numpy as np
 
-    from actors.torch_state import UnsafeCheckpointError, refuse_unsafe
+    from actors.checkpoint_files import UnsafeCheckpointError, refuse_unsafe
 
     # What numpy's RNG state pickles (transformers allows the same): arrays and dtypes, rebuilt by the
     # function an array's __reduce__ names (its module moved in numpy 2).

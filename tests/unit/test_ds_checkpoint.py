@@ -1,5 +1,6 @@
 """DeepSpeed state loads weights-only (actors/ds_checkpoint.py): a checkpoint file that pickles code is
-refused, naming the file, before anything in it runs; DeepSpeed's own state still loads."""
+refused, naming the file, before anything in it runs; DeepSpeed's own state still loads; files are hashed
+as they are saved and checked against the manifest as they load."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 from deepspeed.utils.tensor_fragment import fragment_address
 
+from actors.checkpoint_files import CorruptCheckpointError, UnsafeCheckpointError, manifest_entry
 from actors.ds_checkpoint import WeightsOnlyCheckpointEngine, use_weights_only_loads
-from actors.torch_state import UnsafeCheckpointError
 from tests.payload import Payload, plant
 
 
@@ -63,3 +64,18 @@ def test_engines_created_after_the_switch_load_weights_only(monkeypatch):
     with pytest.raises(ValueError, match="sets checkpoint.load_universal, whose loader reads files with pickle"):
         ds_engine.create_checkpoint_engine(universal, groups=None, zero_stage=3, has_moe_layers=False,
                                            optimize_dp_state=False)
+
+
+def test_saved_files_are_hashed_by_their_writer_and_checked_against_the_manifest_as_they_load(tmp_path):
+    files = WeightsOnlyCheckpointEngine(DeepSpeedConfig({"train_micro_batch_size_per_gpu": 1}))
+    path = str(tmp_path / "optim_states.pt")
+    files.save({"fp32": torch.arange(3.0)}, path)
+    assert files.written == {path: manifest_entry(path)}
+    files.expected = {path: files.written[path]["sha256"]}
+    assert torch.equal(files.load(path)["fp32"], torch.arange(3.0))
+    files.save({"fp32": torch.arange(3.0) + 1}, path)  # same size, other numbers: a changed file
+    with pytest.raises(CorruptCheckpointError, match=rf"^{re.escape(path)}: sha256 \w+ differs from the manifest's"):
+        files.load(path)
+    files.expected = {}
+    with pytest.raises(CorruptCheckpointError, match=rf"^{re.escape(path)}: not listed in the checkpoint's manifest"):
+        files.load(path)
