@@ -10,6 +10,7 @@ created after `use_weights_only_loads()` (the learners', and SFT's on accelerato
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from actors.checkpoint_files import check_digest, manifest_entry, refuse_unsafe
 # (the model-state files hold none). Weights-only loading builds them from plain data (an int enum, and
 # two classes whose attributes are set to numbers): no call other than the class itself.
 DEEPSPEED_TYPES = (ZeroStageEnum, LossScaler, fragment_address)
+FOLDER, TAG = "deepspeed", "state"  # <model folder>/deepspeed/state/: one fixed tag, `latest` is never read
 
 
 class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
@@ -64,3 +66,28 @@ def use_weights_only_loads() -> None:
     import deepspeed.runtime.engine as ds_engine
 
     ds_engine.create_checkpoint_engine = _create
+
+
+def save_state(engine: Any, root: Path) -> dict[str, dict[str, Any]]:
+    """`engine`'s DeepSpeed state under `root`/deepspeed; the manifest entries of the files this rank wrote
+    (hashed as they were written: the ranks share the hashing, nothing is read back), by path under `root`."""
+    files = engine.checkpoint_engine
+    files.written.clear()
+    engine.save_checkpoint(str(root / FOLDER), tag=TAG)
+    return {Path(f).relative_to(root).as_posix(): entry for f, entry in files.written.items()}
+
+
+def load_state(engine: Any, root: Path, digests: dict[str, str] | None) -> None:
+    """`save_state`'s files into `engine`, weights-only (`UnsafeCheckpointError` names a file that pickles
+    more); with `digests` (sha256 by path under `root`, from the manifest) each file is checked as it is
+    read (`CorruptCheckpointError` names one that differs or is not listed)."""
+    files = engine.checkpoint_engine
+    if digests is not None:
+        files.expected = {os.path.normpath(root / rel): sha for rel, sha in digests.items()}
+    try:
+        load_path, _ = engine.load_checkpoint(str(root / FOLDER), tag=TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+    finally:
+        files.expected = None
+    if load_path is None:
+        raise FileNotFoundError(f"{root}: no DeepSpeed state under {root / FOLDER}")

@@ -51,7 +51,6 @@ __all__ = ["Learner", "LearnerError", "LearnerGroup", "PolicyLogprobs", "TrainSa
 # Tokenizer / processor files a checkpoint needs besides weights and config, copied from the source model.
 PROCESSOR_FILES = ("tokenizer*", "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
                    "chat_template*", "special_tokens_map.json", "vocab*", "merges.txt", "added_tokens.json")
-DS_TAG = "state"  # DeepSpeed checkpoint tag inside <checkpoint>/deepspeed
 
 logger = logging.getLogger(__name__)
 
@@ -398,9 +397,10 @@ class Learner(WeightSource, Locatable):
         """HF weights (safetensors, loadable by transformers and vLLM) + processor files at `path`,
         DeepSpeed's optimizer / scheduler / fp32 shards under `path`/deepspeed. Written to a temporary
         sibling, then renamed: a crash never leaves a half checkpoint at `path`. Returns the manifest
-        entries (bytes, sha256; by path under `path`) of the files this rank wrote, hashed as they were
-        written: the ranks share the hashing and nothing is read back from a shared filesystem."""
+        entries (bytes, sha256) of the files this rank wrote, by path under `path`."""
         import torch.distributed as dist
+
+        from actors.ds_checkpoint import save_state
 
         final = Path(path)
         tmp = final.with_name(f".{final.name}.tmp")
@@ -416,10 +416,7 @@ class Learner(WeightSource, Locatable):
                 for src in Path(self.cfg.model.path).glob(pattern):
                     shutil.copy2(src, tmp / src.name)
             written = {f.name: manifest_entry(f) for f in tmp.iterdir() if f.is_file()}
-        files = self.engine.checkpoint_engine.written
-        files.clear()
-        self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG)
-        written |= {str(Path(f).relative_to(tmp)): entry for f, entry in files.items()}
+        written |= save_state(self.engine, tmp)
         dist.barrier()
         if self.rank == 0:
             old = final.with_name(f".{final.name}.old")
@@ -431,20 +428,11 @@ class Learner(WeightSource, Locatable):
         return written
 
     def load(self, path: str, digests: dict[str, str] | None = None) -> None:
-        """Weights, optimizer and scheduler state from `save(path)` (same number of learners), loaded
-        weights-only: a file that pickles anything else raises `UnsafeCheckpointError` naming it. With
-        `digests` (sha256 by path under `path`, from the checkpoint's manifest) every file is checked
-        as it is read, and one that differs or is not listed raises `CorruptCheckpointError` naming it."""
-        files = self.engine.checkpoint_engine
-        if digests is not None:
-            files.expected = {os.path.normpath(Path(path) / rel): sha for rel, sha in digests.items()}
-        try:
-            load_path, _ = self.engine.load_checkpoint(str(Path(path) / "deepspeed"), tag=DS_TAG,
-                                                       load_optimizer_states=True, load_lr_scheduler_states=True)
-        finally:
-            files.expected = None
-        if load_path is None:
-            raise FileNotFoundError(f"{path}: no DeepSpeed state under {Path(path) / 'deepspeed'}")
+        """Weights, optimizer and scheduler state from `save(path)` (same number of learners), weights-only,
+        each file checked against `digests` (the manifest's, by path under `path`) if given."""
+        from actors.ds_checkpoint import load_state
+
+        load_state(self.engine, Path(path), digests)
 
 
 class LearnerError(ActorCallError):
