@@ -35,12 +35,14 @@ class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
 
     def __init__(self, config_params: Any = None):
         super().__init__(config_params)
-        self.written: dict[str, dict[str, Any]] = {}  # file path -> {"bytes", "sha256"}
+        # file path -> {"bytes", "sha256"} while `save_state` records (None otherwise: SFT's saves hash nothing)
+        self.written: dict[str, dict[str, Any]] | None = None
         self.expected: dict[str, str] | None = None  # file path -> sha256; None: no manifest to check against
 
     def save(self, state_dict: Any, path: str) -> None:
         super().save(state_dict, path)
-        self.written[os.path.normpath(path)] = manifest_entry(path)
+        if self.written is not None:
+            self.written[os.path.normpath(path)] = manifest_entry(path)
 
     def load(self, path: str, map_location: Any = None) -> Any:
         if self.expected is not None:
@@ -72,9 +74,12 @@ def save_state(engine: Any, root: Path) -> dict[str, dict[str, Any]]:
     """`engine`'s DeepSpeed state under `root`/deepspeed; the manifest entries of the files this rank wrote
     (hashed as they were written: the ranks share the hashing, nothing is read back), by path under `root`."""
     files = engine.checkpoint_engine
-    files.written.clear()
-    engine.save_checkpoint(str(root / FOLDER), tag=TAG)
-    return {Path(f).relative_to(root).as_posix(): entry for f, entry in files.written.items()}
+    files.written = {}
+    try:
+        engine.save_checkpoint(str(root / FOLDER), tag=TAG)
+        return {Path(f).relative_to(root).as_posix(): entry for f, entry in files.written.items()}
+    finally:
+        files.written = None
 
 
 def load_state(engine: Any, root: Path, digests: dict[str, str] | None) -> None:

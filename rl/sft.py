@@ -44,9 +44,10 @@ from rl.sft_data import (
 
 SUMMARY = "sft_summary.json"  # beside the published weights: steps, throughput, val metrics before/after
 TRAINER_STATE = "trainer_state.json"
-# What the Trainer's resume reads with torch.load (weights-only, numpy arrays allowed for the RNG states);
-# DeepSpeed's files under global_step*/ are checked as they load (actors/ds_checkpoint.py).
+# What the Trainer's resume reads with torch.load (weights-only, numpy arrays allowed for the RNG states),
+# and DeepSpeed's state when it runs on DeepSpeed (weights-only too: actors/ds_checkpoint.py).
 TORCH_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+DEEPSPEED_STATE_FILES = "global_step*/*.pt"
 # Knobs that change nothing about the weights a run produces: a checkpoint stays resumable across them.
 _NOT_FINGERPRINTED = {"output_dir", "state_dir", "resume", "eval_every", "grounding_eval_rows", "eval_batch_size",
                       "save_every", "keep_last", "log_every", "dataloader_workers"}
@@ -209,21 +210,26 @@ def find_resume(cfg: Config) -> Path | None:
 
 
 def check_state_files(checkpoint: Path, key: str) -> None:
-    """A ConfigError naming the state file of `checkpoint` that pickles more than tensors and numpy arrays:
-    the Trainer's weights-only load would refuse it too, but without naming it."""
+    """A ConfigError naming the state file of `checkpoint` that pickles more than tensors, numpy arrays and
+    DeepSpeed's data types: the weights-only loads would refuse it too, but without naming it."""
     import numpy as np
 
     from actors.checkpoint_files import UnsafeCheckpointError, refuse_unsafe
 
     # What numpy's RNG state pickles (transformers allows the same): arrays and dtypes, rebuilt by the
     # function an array's __reduce__ names (its module moved in numpy 2).
-    numpy_types = (np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.empty(0).__reduce__()[0])
-    for pattern in TORCH_STATE_FILES:
-        for file in sorted(checkpoint.glob(pattern)):
-            try:
-                refuse_unsafe(file, numpy_types)
-            except UnsafeCheckpointError as exc:
-                raise ConfigError(f"{key}: {exc}") from exc
+    allowed: tuple[object, ...] = (np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.empty(0).__reduce__()[0])
+    files = [f for pattern in TORCH_STATE_FILES for f in sorted(checkpoint.glob(pattern))]
+    deepspeed_files = sorted(checkpoint.glob(DEEPSPEED_STATE_FILES))
+    if deepspeed_files:  # imports deepspeed: only where its state is there
+        from actors.ds_checkpoint import DEEPSPEED_TYPES
+
+        allowed += DEEPSPEED_TYPES
+    for file in files + deepspeed_files:
+        try:
+            refuse_unsafe(file, allowed)
+        except UnsafeCheckpointError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
 
 
 def drop_incomplete(folder: Path) -> None:

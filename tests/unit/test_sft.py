@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
 
 from rl.config import Config, ConfigError, load_config
 from rl.data import DatasetError
@@ -194,6 +196,9 @@ def test_resume_refuses_a_state_file_that_pickles_code_naming_it(tiny_config, tm
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
     torch.save(rng, newest / "rng_state.pth")  # what the Trainer saves: numpy arrays are allowed
     torch.save({"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 1e-4}]}, newest / "optimizer.pt")
+    (newest / "global_step10").mkdir()  # SFT on DeepSpeed
+    torch.save({"zero_stage": ZeroStageEnum.weights, "loss_scaler": LossScaler(1.0)},
+               newest / "global_step10" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     assert find_resume(cfg) == newest
     marker = tmp_path / "ran"
     plant(newest / "scheduler.pt", {"last_epoch": 10}, marker)

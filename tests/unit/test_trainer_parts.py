@@ -14,9 +14,9 @@ from PIL import Image
 from actors.checkpoint_files import CorruptCheckpointError, manifest_entry
 from actors.placement import PlacementError, layout, validate
 from rl import checkpoint
-from rl.config import load_config
+from rl.config import ConfigError, load_config
 from rl.data import PromptOrder
-from rl.evaluate import duplicate_boxes, grounding_metrics, matched_ious
+from rl.evaluate import duplicate_boxes, grounding_metrics, matched_ious, run_evaluation
 from rl.platform import get_platform
 from rl.visualize import PREDICTION, REFERENCE, draw
 
@@ -72,6 +72,9 @@ def test_digests_come_from_the_writer_and_a_changed_file_is_named_where_it_is_lo
     with pytest.raises(CorruptCheckpointError, match=r"model/extra.json: not listed in the checkpoint's manifest"):
         checkpoint.check_model(ckpt / "model")
     checkpoint.check_model(tmp_path)  # not a checkpoint's model folder: nothing to check
+    cfg = load_config(overrides=[f"model.path={ckpt / 'model'}", "model.tiny=null"])
+    with pytest.raises(ConfigError, match=rf"^model.path={re.escape(str(ckpt / 'model'))}: .*extra.json: not listed"):
+        run_evaluation(cfg)  # before any engine starts
 
 
 def test_a_write_killed_midway_leaves_a_temporary_folder_that_is_ignored_and_named(tmp_path):
