@@ -145,7 +145,14 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def _files(path: Path) -> dict[str, dict[str, Any]]:
-    return json.loads((path / MANIFEST).read_text())["files"]
+    """The manifest's entries; ValueError when the file is no manifest (a checkpoint from elsewhere)."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+            for e in files.values()):
+        raise ValueError(f"{path / MANIFEST}: not a checkpoint manifest")
+    return files
 
 
 def _manifest(root: Path, known: dict[str, dict[str, Any]]) -> dict[str, Any]:

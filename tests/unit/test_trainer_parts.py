@@ -72,6 +72,9 @@ def test_digests_come_from_the_writer_and_a_changed_file_is_named_where_it_is_lo
     with pytest.raises(CorruptCheckpointError, match=r"model/extra.json: not listed in the checkpoint's manifest"):
         checkpoint.check_model(ckpt / "model")
     checkpoint.check_model(tmp_path)  # not a checkpoint's model folder: nothing to check
+    (written / checkpoint.MANIFEST).write_text('{"files": {"model/w": [1]}}')  # not a manifest: incomplete
+    with pytest.raises(FileNotFoundError, match=r"step-000002: not a complete checkpoint"):
+        checkpoint.resolve_resume(tmp_path, str(written))
     cfg = load_config(overrides=[f"model.path={ckpt / 'model'}", "model.tiny=null"])
     with pytest.raises(ConfigError, match=rf"^model.path={re.escape(str(ckpt / 'model'))}: .*extra.json: not listed"):
         run_evaluation(cfg)  # before any engine starts
