@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actors.checkpoint_files import manifest_entry
 from actors.learner_batch import (
     Collator,
     MetricSum,
@@ -50,7 +51,6 @@ __all__ = ["Learner", "LearnerError", "LearnerGroup", "PolicyLogprobs", "TrainSa
 # Tokenizer / processor files a checkpoint needs besides weights and config, copied from the source model.
 PROCESSOR_FILES = ("tokenizer*", "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
                    "chat_template*", "special_tokens_map.json", "vocab*", "merges.txt", "added_tokens.json")
-DS_TAG = "state"  # DeepSpeed checkpoint tag inside <checkpoint>/deepspeed
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,10 @@ class Learner(WeightSource, Locatable):
         from torch.distributed import TCPStore
         from transformers import AutoConfig
 
+        from actors.ds_checkpoint import use_weights_only_loads
+
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        use_weights_only_loads()  # resume runs no code from a checkpoint folder (docs/security.md)
         # ZeRO-3 calls torch's deprecated reduce_scatter_tensor on every step: one line per call, no news.
         warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.* is deprecated", category=FutureWarning)
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at start-up that only its
@@ -390,11 +393,14 @@ class Learner(WeightSource, Locatable):
                 out.update((n, t.detach().to("cpu", copy=True)) for n, t in bucket)
         return out if self.rank == 0 else None
 
-    def save(self, path: str) -> str:
+    def save(self, path: str) -> dict[str, dict[str, Any]]:
         """HF weights (safetensors, loadable by transformers and vLLM) + processor files at `path`,
         DeepSpeed's optimizer / scheduler / fp32 shards under `path`/deepspeed. Written to a temporary
-        sibling, then renamed: a crash never leaves a half checkpoint at `path`."""
+        sibling, then renamed: a crash never leaves a half checkpoint at `path`. Returns the manifest
+        entries (bytes, sha256) of the files this rank wrote, by path under `path`."""
         import torch.distributed as dist
+
+        from actors.ds_checkpoint import save_state
 
         final = Path(path)
         tmp = final.with_name(f".{final.name}.tmp")
@@ -403,12 +409,14 @@ class Learner(WeightSource, Locatable):
             tmp.mkdir(parents=True)
         dist.barrier()
         state = self.full_state_dict()
+        written = {}
         if self.rank == 0:
             self.policy.save_pretrained(tmp, state_dict=state)
             for pattern in PROCESSOR_FILES:
                 for src in Path(self.cfg.model.path).glob(pattern):
                     shutil.copy2(src, tmp / src.name)
-        self.engine.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG)
+            written = {f.name: manifest_entry(f) for f in tmp.iterdir() if f.is_file()}
+        written |= save_state(self.engine, tmp)
         dist.barrier()
         if self.rank == 0:
             old = final.with_name(f".{final.name}.old")
@@ -417,14 +425,14 @@ class Learner(WeightSource, Locatable):
             os.rename(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
-        return str(final)
+        return written
 
-    def load(self, path: str) -> None:
-        """Weights, optimizer and scheduler state from `save(path)` (same number of learners)."""
-        load_path, _ = self.engine.load_checkpoint(str(Path(path) / "deepspeed"), tag=DS_TAG,
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
-        if load_path is None:
-            raise FileNotFoundError(f"{path}: no DeepSpeed state under {Path(path) / 'deepspeed'}")
+    def load(self, path: str, digests: dict[str, str] | None = None) -> None:
+        """Weights, optimizer and scheduler state from `save(path)` (same number of learners), weights-only,
+        each file checked against `digests` (the manifest's, by path under `path`) if given."""
+        from actors.ds_checkpoint import load_state
+
+        load_state(self.engine, Path(path), digests)
 
 
 class LearnerError(ActorCallError):
@@ -481,11 +489,13 @@ class LearnerGroup:
     def full_state_dict(self) -> dict[str, Tensor]:
         return self._call("full_state_dict", [a.full_state_dict.remote() for a in self.actors])[0]
 
-    def save(self, path: str | Path) -> str:
-        return self._call("save", [a.save.remote(str(path)) for a in self.actors])[0]
+    def save(self, path: str | Path) -> dict[str, dict[str, Any]]:
+        """`Learner.save` on every rank; the manifest entries of the files they wrote, by path under `path`."""
+        return {rel: entry for written in self._call("save", [a.save.remote(str(path)) for a in self.actors])
+                for rel, entry in written.items()}
 
-    def load(self, path: str | Path) -> None:
-        self._call("load", [a.load.remote(str(path)) for a in self.actors])
+    def load(self, path: str | Path, digests: dict[str, str] | None = None) -> None:
+        self._call("load", [a.load.remote(str(path), digests) for a in self.actors])
 
     def shutdown(self) -> None:
         import ray

@@ -4,11 +4,16 @@ the learners) + `trainer_state.json` (step, policy version, data position, RNG) 
 A checkpoint is complete only when its manifest (file sizes and sha256 of every file) is there: it is
 written last, in a temporary directory that is then renamed, so a crash at any moment leaves either
 the whole checkpoint or none. Incomplete ones are ignored with a warning naming them.
+
+The digests catch a file that changed after it was written (a torn copy, a disk error): each file is
+hashed once, by the process that wrote it (the learners hash their own shards), and checked once, by
+the process that loads it (trainer state here, DeepSpeed state in the learners, the HF weights before
+`rl.evaluate` serves them). They are no defence against a hostile folder, whose author writes the
+manifest too: that is weights-only loading's job (docs/security.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,8 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.checkpoint_files import CorruptCheckpointError, check_digest, manifest_entry
+
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
+MODEL = "model"  # the learners' folder: HF weights + DeepSpeed state
+DEEPSPEED = "deepspeed"  # under MODEL
 PREFIX = "step-"
 TMP_SUFFIX = ".tmp"  # `.step-000006.tmp`: a checkpoint being written (or left by a crash mid-write)
 
@@ -32,18 +41,20 @@ class CheckpointError(OSError):
     the checkpoints written before are untouched."""
 
 
-def save(root: str | Path, step: int, write_model: Callable[[Path], Any], state: dict[str, Any],
-         keep_last: int) -> Path:
-    """Write checkpoint `step`: `write_model(dir)` writes the weights (the learners' save), then the
-    trainer state, then the manifest; rename into place; keep the newest `keep_last`."""
+def save(root: str | Path, step: int, write_model: Callable[[Path], dict[str, dict[str, Any]] | None],
+         state: dict[str, Any], keep_last: int) -> Path:
+    """Write checkpoint `step`: `write_model(dir)` writes the weights (the learners' save) and may return
+    the manifest entries of what it wrote (by path under `dir`); then the trainer state, then the manifest
+    (files `write_model` did not hash are hashed here); rename into place; keep the newest `keep_last`."""
     final = step_dir(root, step)
     tmp = final.with_name(f".{final.name}{TMP_SUFFIX}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        write_model(tmp / "model")
+        hashed = write_model(tmp / MODEL) or {}
         (tmp / STATE).write_text(json.dumps(state, indent=1))
-        (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1))
+        known = {f"{MODEL}/{rel}": entry for rel, entry in hashed.items()}
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, known), indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -76,20 +87,40 @@ def complete(root: str | Path) -> list[Path]:
     return found
 
 
-def verify(path: Path, deep: bool = False) -> bool:
-    """True when the manifest exists and every file it lists is there with its size (and, if `deep`,
-    its sha256)."""
+def verify(path: Path) -> bool:
+    """True when the manifest exists and every file it lists is there with its size (the digests are
+    checked where the files are loaded: `digests`, `check`)."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        files = _files(path)
     except (OSError, ValueError):
         return False
-    for rel, entry in manifest["files"].items():
-        file = path / rel
-        if not file.is_file() or file.stat().st_size != entry["bytes"]:
-            return False
-        if deep and _sha256(file) != entry["sha256"]:
-            return False
-    return True
+    return all((path / rel).is_file() and (path / rel).stat().st_size == entry["bytes"] for rel, entry in files.items())
+
+
+def digests(path: Path, under: str) -> dict[str, str]:
+    """The manifest's sha256 of every file under `under` (a folder of the checkpoint), by path below it."""
+    return {rel.removeprefix(f"{under}/"): entry["sha256"] for rel, entry in _files(path).items()
+            if rel.startswith(f"{under}/")}
+
+
+def check(path: Path, rels: list[str]) -> None:
+    """Each of the checkpoint's files `rels` has its manifest's sha256 (`CorruptCheckpointError` names the
+    first that has not)."""
+    files = _files(path)
+    for rel in rels:
+        check_digest(path / rel, files.get(rel, {}).get("sha256"))
+
+
+def check_model(model: Path) -> None:
+    """When `model` is the weights folder of a checkpoint (`.../step-000020/model`), every file in it but
+    the DeepSpeed state matches the manifest; any other folder (a user's, SFT's) is left alone."""
+    root = model.parent
+    if model.name != MODEL or not (root / MANIFEST).is_file():
+        return
+    if not verify(root):
+        raise CorruptCheckpointError(f"{root}: incomplete checkpoint ({MANIFEST} lists files missing or cut short)")
+    check(root, [f.relative_to(root).as_posix() for f in sorted(model.rglob("*"))
+                 if f.is_file() and f.relative_to(model).parts[0] != DEEPSPEED])
 
 
 def resolve_resume(root: str | Path, resume: str) -> Path | None:
@@ -108,18 +139,26 @@ def resolve_resume(root: str | Path, resume: str) -> Path | None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    """The trainer state, once its digest is checked."""
+    check(path, [STATE])
     return json.loads((path / STATE).read_text())
 
 
-def _manifest(root: Path) -> dict[str, Any]:
-    files = {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(root.rglob("*")) if p.is_file()}
+def _files(path: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's entries; ValueError when the file is no manifest (a checkpoint from elsewhere)."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+            for e in files.values()):
+        raise ValueError(f"{path / MANIFEST}: not a checkpoint manifest")
+    return files
+
+
+def _manifest(root: Path, known: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(root).as_posix()
+            files[rel] = known[rel] if rel in known else manifest_entry(p)
     return {"files": files}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -162,6 +162,14 @@ def run_evaluation(cfg: Config, out_dir: str | Path | None = None) -> dict[str, 
     """Start a rollout pool on `cfg.model`, evaluate `cfg.data.split`, write the outputs; returns the metrics."""
     import ray
 
+    from actors.checkpoint_files import CorruptCheckpointError
+    from rl import checkpoint
+
+    try:  # a run checkpoint's weights match its manifest before an engine serves them
+        checkpoint.check_model(Path(cfg.model.path))
+    except CorruptCheckpointError as exc:
+        raise ConfigError(f"model.path={cfg.model.path}: {exc}") from exc
+
     from actors.rollout import RolloutPool
     from rl.cluster import connect
     from rl.platform import get_platform

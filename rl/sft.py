@@ -44,6 +44,10 @@ from rl.sft_data import (
 
 SUMMARY = "sft_summary.json"  # beside the published weights: steps, throughput, val metrics before/after
 TRAINER_STATE = "trainer_state.json"
+# What the Trainer's resume reads with torch.load (weights-only, numpy arrays allowed for the RNG states),
+# and DeepSpeed's state when it runs on DeepSpeed (weights-only too: actors/ds_checkpoint.py).
+TORCH_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
+DEEPSPEED_STATE_FILES = "global_step*/*.pt"
 # Knobs that change nothing about the weights a run produces: a checkpoint stays resumable across them.
 _NOT_FINGERPRINTED = {"output_dir", "state_dir", "resume", "eval_every", "grounding_eval_rows", "eval_batch_size",
                       "save_every", "keep_last", "log_every", "dataloader_workers"}
@@ -196,10 +200,36 @@ def find_resume(cfg: Config) -> Path | None:
         path = Path(cfg.sft.resume)
         if not (path / TRAINER_STATE).is_file():
             raise ConfigError(f"sft.resume={cfg.sft.resume}: not a resumable SFT checkpoint (no {TRAINER_STATE})")
-        return path
-    folder = run_dir(cfg)
-    complete = [p for p in folder.glob("checkpoint-*") if p.is_dir() and is_complete(p)] if folder.is_dir() else []
-    return max(complete, key=_step, default=None)
+    else:
+        folder = run_dir(cfg)
+        complete = [p for p in folder.glob("checkpoint-*") if p.is_dir() and is_complete(p)] if folder.is_dir() else []
+        path = max(complete, key=_step, default=None)
+    if path is not None:
+        check_state_files(path, f"sft.resume={cfg.sft.resume}")
+    return path
+
+
+def check_state_files(checkpoint: Path, key: str) -> None:
+    """A ConfigError naming the state file of `checkpoint` that pickles more than tensors, numpy arrays and
+    DeepSpeed's data types: the weights-only loads would refuse it too, but without naming it."""
+    import numpy as np
+
+    from actors.checkpoint_files import UnsafeCheckpointError, refuse_unsafe
+
+    # What numpy's RNG state pickles (transformers allows the same): arrays and dtypes, rebuilt by the
+    # function an array's __reduce__ names (its module moved in numpy 2).
+    allowed: tuple[object, ...] = (np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.empty(0).__reduce__()[0])
+    files = [f for pattern in TORCH_STATE_FILES for f in sorted(checkpoint.glob(pattern))]
+    deepspeed_files = sorted(checkpoint.glob(DEEPSPEED_STATE_FILES))
+    if deepspeed_files:  # imports deepspeed: only where its state is there
+        from actors.ds_checkpoint import DEEPSPEED_TYPES
+
+        allowed += DEEPSPEED_TYPES
+    for file in files + deepspeed_files:
+        try:
+            refuse_unsafe(file, allowed)
+        except UnsafeCheckpointError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
 
 
 def drop_incomplete(folder: Path) -> None:
@@ -268,6 +298,10 @@ def build_run(cfg: Config) -> SFTRun:
         raise DatasetError(f"{sft_split_path(cfg, 'train')}: no usable train rows (data.split={cfg.data.split})")
     folder = run_dir(cfg)
     args = training_args(cfg, platform, folder)  # before the model: under ZeRO-3 it then loads partitioned
+    if args.deepspeed is not None:  # the Trainer's DeepSpeed engine resumes weights-only (docs/security.md)
+        from actors.ds_checkpoint import use_weights_only_loads
+
+        use_weights_only_loads()
     resume = find_resume(cfg)
     if args.should_save:
         folder.mkdir(parents=True, exist_ok=True)

@@ -341,7 +341,8 @@ class GRPOTrainer:
         if path is None:
             return
         state = checkpoint.load_state(path)
-        self.learners.load(path / "model")
+        # The learners check each DeepSpeed file against its manifest digest as they read it.
+        self.learners.load(path / checkpoint.MODEL, checkpoint.digests(path, checkpoint.MODEL))
         self.step, self.version = state["step"], state["version"]
         self.order = PromptOrder(len(self.rows), self.cfg.seed, **state["data"])
         print(f"resumed from {path} at step {self.step}")

@@ -8,17 +8,21 @@ saved (which also exercises save/load). Other groups live only inside their test
 from __future__ import annotations
 
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from actors.checkpoint_files import manifest_entry
 from actors.learner import LearnerError, LearnerGroup, TrainSample
 from actors.learner_batch import MetricSum, micro_batches, shard_for_learners
 from rl.config import Config
 from rl.data import load_split
 from rl.grpo import group_advantages
 from rl.model_parts import is_vision_encoder
+from tests.payload import plant
 
 slow = pytest.mark.slow
 
@@ -80,7 +84,9 @@ def group(ray_cluster, learner_config, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def initial(group, tmp_path_factory) -> Path:
-    return Path(group.save(tmp_path_factory.mktemp("learner") / "initial"))
+    path = tmp_path_factory.mktemp("learner") / "initial"
+    group.save(path)
+    return path
 
 
 @pytest.fixture
@@ -174,18 +180,42 @@ def test_save_writes_hf_weights_and_load_restores_optimizer_state(fresh, samples
 
     fresh.update(samples)
     saved = fresh.full_state_dict()
-    path = Path(fresh.save(tmp_path / "ckpt"))
+    path = tmp_path / "ckpt"
+    written = fresh.save(path)  # the manifest entries of the weights and DeepSpeed files, hashed by the learner
+    files = {f.relative_to(path).as_posix(): f for f in path.rglob("*") if f.is_file()}
+    assert {rel for rel in files if rel.endswith((".pt", ".safetensors"))} <= set(written)
+    assert all(written[rel] == manifest_entry(files[rel]) for rel in written)
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
     assert not list(tmp_path.glob(".ckpt*"))  # the temporary folder was renamed away
     hf = AutoModelForImageTextToText.from_pretrained(path).state_dict()
     assert all(torch.equal(hf[k], v) for k, v in saved.items())
     fresh.update(samples)
     continued = fresh.full_state_dict()
-    fresh.load(path)
+    fresh.load(path, {rel: entry["sha256"] for rel, entry in written.items()})  # every file checked as it loads
     assert all(torch.equal(fresh.full_state_dict()[k], v) for k, v in saved.items())
     fresh.update(samples)  # Adam moments and the lr schedule came back too: the same step again
     again = fresh.full_state_dict()
     assert max((again[k] - continued[k]).abs().max().item() for k in saved) < 1e-6
+
+
+@slow
+def test_load_refuses_a_changed_file_and_a_pickle_payload_naming_the_file(group, initial, tmp_path):
+    from actors.ds_checkpoint import DEEPSPEED_TYPES
+
+    planted = Path(shutil.copytree(initial, tmp_path / "planted"))
+    digests = {f.relative_to(planted).as_posix(): manifest_entry(f)["sha256"] for f in planted.rglob("*.pt")}
+    optim = next((planted / "deepspeed").rglob("*optim_states.pt"))
+    with torch.serialization.safe_globals(list(DEEPSPEED_TYPES)):
+        state = torch.load(optim, weights_only=True)
+    marker = tmp_path / "ran"
+    plant(optim, state, marker)
+    with pytest.raises(LearnerError, match=rf"(?s)failed during load: .*{re.escape(str(optim))}: sha256 \w+ differs"):
+        group.load(planted, digests)
+    # A hostile folder comes with a manifest that matches it: weights-only loading is what stops it.
+    refused = rf"(?s)learner1-0 .* failed during load: .*{re.escape(str(optim))}: refused to load: it pickles io.open"
+    with pytest.raises(LearnerError, match=refused):
+        group.load(planted)
+    assert not marker.exists()
 
 
 @slow

@@ -145,7 +145,8 @@ def test_sync_from_two_zero3_learners_gives_the_engines_their_full_weights(ray_c
         full = learners.full_state_dict()
         assert sync.last_checksums == checksum(full.items())  # what was sent is the learners' full weights
         assert rollout_pool.policy_versions() == [21, 21]
-        saved = learners.save(tmp_path / "learned")
+        saved = tmp_path / "learned"
+        learners.save(saved)
         assert _pool_greedy(rollout_pool, rows) == _hf_greedy(saved, rows)
     finally:
         learners.shutdown()

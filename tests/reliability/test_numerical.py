@@ -65,7 +65,9 @@ def group(ray_cluster, config: Config, tiny_model_dir: Path):
 
 @pytest.fixture(scope="module")
 def initial(group: LearnerGroup, tmp_path_factory) -> Path:
-    return Path(group.save(tmp_path_factory.mktemp("numerical") / "initial"))
+    path = tmp_path_factory.mktemp("numerical") / "initial"
+    group.save(path)
+    return path
 
 
 @pytest.fixture

@@ -4,9 +4,15 @@ trainer arguments, resumable-run bookkeeping, atomic publishing and the launch/C
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from deepspeed.runtime.fp16.loss_scaler import LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
 
 from rl.config import Config, ConfigError, load_config
 from rl.data import DatasetError
@@ -32,6 +38,7 @@ from rl.sft_data import (
     prompt_text,
     to_dataset,
 )
+from tests.payload import plant
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +188,26 @@ def _checkpoint(folder: Path, step: int, complete: bool = True) -> Path:
         (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         (path / RUN_MARKER).write_text("{}")
     return path
+
+
+def test_resume_refuses_a_state_file_that_pickles_code_naming_it(tiny_config, tmp_path):
+    cfg = _cfg(tiny_config, state_dir=str(tmp_path / "steps"))
+    newest = _checkpoint(run_dir(cfg), 10)
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
+    torch.save(rng, newest / "rng_state.pth")  # what the Trainer saves: numpy arrays are allowed
+    torch.save({"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 1e-4}]}, newest / "optimizer.pt")
+    (newest / "global_step10").mkdir()  # SFT on DeepSpeed
+    torch.save({"zero_stage": ZeroStageEnum.weights, "loss_scaler": LossScaler(1.0)},
+               newest / "global_step10" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    assert find_resume(cfg) == newest
+    marker = tmp_path / "ran"
+    plant(newest / "scheduler.pt", {"last_epoch": 10}, marker)
+    message = rf"^sft.resume=auto: {re.escape(str(newest / 'scheduler.pt'))}: refused to load: it pickles io.open"
+    with pytest.raises(ConfigError, match=message):
+        find_resume(cfg)
+    with pytest.raises(ConfigError, match=message.replace("auto", re.escape(str(newest)))):
+        find_resume(_cfg(cfg, resume=str(newest)))
+    assert not marker.exists()
 
 
 def test_resume_picks_the_newest_complete_checkpoint_of_this_run(tiny_config, synthetic_dir, tmp_path):

@@ -97,14 +97,18 @@ def test_pipeline_without_grpo_is_rejected(tmp_path):
         validate(spec, expand(spec))
 
 
+def _write_model(folder):
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"x")
+
+
 def fake_training(fail: set[tuple[str, int]], calls: list):
     """A run function that writes a complete final checkpoint (or raises for the runs in `fail`)."""
     def run(spec, run):
         calls.append((run.variant, run.seed))
         if (run.variant, run.seed) in fail:
             raise RuntimeError("learner died")
-        checkpoint.save(run.checkpoints, 2, lambda d: (d.mkdir(), (d / "w.bin").write_bytes(b"x")),
-                        {"step": 2, "version": 2}, keep_last=1)
+        checkpoint.save(run.checkpoints, 2, _write_model, {"step": 2, "version": 2}, keep_last=1)
     return run
 
 

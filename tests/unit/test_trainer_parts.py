@@ -3,15 +3,20 @@ prediction drawings."""
 
 from __future__ import annotations
 
+import json
+import re
+from hashlib import sha256
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from actors.checkpoint_files import CorruptCheckpointError, manifest_entry
 from actors.placement import PlacementError, layout, validate
 from rl import checkpoint
-from rl.config import load_config
+from rl.config import ConfigError, load_config
 from rl.data import PromptOrder
-from rl.evaluate import duplicate_boxes, grounding_metrics, matched_ious
+from rl.evaluate import duplicate_boxes, grounding_metrics, matched_ious, run_evaluation
 from rl.platform import get_platform
 from rl.visualize import PREDICTION, REFERENCE, draw
 
@@ -26,7 +31,7 @@ def test_checkpoint_is_complete_only_with_its_manifest_and_keeps_the_last_k(tmp_
         checkpoint.save(tmp_path, step, _write_model, {"step": step}, keep_last=2)
     assert [p.name for p in checkpoint.complete(tmp_path)] == ["step-000004", "step-000006"]
     assert checkpoint.load_state(checkpoint.resolve_resume(tmp_path, "auto")) == {"step": 6}
-    assert checkpoint.verify(tmp_path / "step-000006", deep=True)
+    checkpoint.check_model(tmp_path / "step-000006" / "model")
     assert not list(tmp_path.glob(".*"))  # no temporary directories left
 
 
@@ -41,6 +46,38 @@ def test_a_half_written_checkpoint_is_ignored_and_named(tmp_path):
     assert checkpoint.resolve_resume(tmp_path, "never") is None
     with pytest.raises(FileNotFoundError, match="checkpoint.resume=.*step-000002: not a complete checkpoint"):
         checkpoint.resolve_resume(tmp_path, str(broken))
+
+
+def test_digests_come_from_the_writer_and_a_changed_file_is_named_where_it_is_loaded(tmp_path):
+    def hashed_model(path, digest=None):
+        _write_model(path)
+        entry = manifest_entry(path / "model.safetensors")
+        return {"model.safetensors": {**entry, "sha256": digest or entry["sha256"]}}
+
+    written = checkpoint.save(tmp_path, 2, lambda p: hashed_model(p, "the writer's"), {"step": 2}, keep_last=2)
+    assert checkpoint.digests(written, "model") == {"model.safetensors": "the writer's"}  # not hashed again
+    ckpt = checkpoint.save(tmp_path, 3, hashed_model, {"step": 3}, keep_last=2)
+    manifest = json.loads((ckpt / checkpoint.MANIFEST).read_text())["files"]
+    assert manifest["model/model.safetensors"] == {"bytes": 7, "sha256": sha256(b"weights").hexdigest()}
+    assert manifest[checkpoint.STATE]["sha256"] == sha256((ckpt / checkpoint.STATE).read_bytes()).hexdigest()
+    (ckpt / checkpoint.STATE).write_text(json.dumps({"step": 9}, indent=1))  # same size: only the digest sees it
+    (ckpt / "model" / "model.safetensors").write_bytes(b"weighs!")
+    assert checkpoint.resolve_resume(tmp_path, "auto") == ckpt  # listing checks sizes only
+    with pytest.raises(CorruptCheckpointError, match=rf"^{re.escape(str(ckpt / checkpoint.STATE))}: sha256 \w+ "
+                                                     r"differs from the manifest's \w+: the file changed"):
+        checkpoint.load_state(ckpt)
+    with pytest.raises(CorruptCheckpointError, match=rf"^{re.escape(str(ckpt / 'model' / 'model.safetensors'))}: "):
+        checkpoint.check_model(ckpt / "model")
+    (ckpt / "model" / "extra.json").write_text("{}")
+    with pytest.raises(CorruptCheckpointError, match=r"model/extra.json: not listed in the checkpoint's manifest"):
+        checkpoint.check_model(ckpt / "model")
+    checkpoint.check_model(tmp_path)  # not a checkpoint's model folder: nothing to check
+    (written / checkpoint.MANIFEST).write_text('{"files": {"model/w": [1]}}')  # not a manifest: incomplete
+    with pytest.raises(FileNotFoundError, match=r"step-000002: not a complete checkpoint"):
+        checkpoint.resolve_resume(tmp_path, str(written))
+    cfg = load_config(overrides=[f"model.path={ckpt / 'model'}", "model.tiny=null"])
+    with pytest.raises(ConfigError, match=rf"^model.path={re.escape(str(ckpt / 'model'))}: .*extra.json: not listed"):
+        run_evaluation(cfg)  # before any engine starts
 
 
 def test_a_write_killed_midway_leaves_a_temporary_folder_that_is_ignored_and_named(tmp_path):
@@ -70,7 +107,8 @@ def test_a_full_disk_stops_the_write_naming_the_path_and_keeps_the_previous_chec
         checkpoint.save(tmp_path, 2, full_disk, {"step": 2}, keep_last=1)
     assert [p.name for p in tmp_path.iterdir()] == ["step-000001"]  # the partial write is gone
     assert {p: p.read_bytes() for p in (tmp_path / "step-000001").rglob("*") if p.is_file()} == before
-    assert checkpoint.verify(tmp_path / "step-000001", deep=True)
+    assert checkpoint.verify(tmp_path / "step-000001")
+    checkpoint.check_model(tmp_path / "step-000001" / "model")
 
 
 def test_an_unwritable_checkpoint_folder_is_named(tmp_path):
