@@ -103,11 +103,11 @@ def digests(path: Path, under: str) -> dict[str, str]:
             if rel.startswith(f"{under}/")}
 
 
-def check(path: Path, rels: list[str]) -> None:
-    """Each of the checkpoint's files `rels` has its manifest's sha256 (`CorruptCheckpointError` names the
-    first that has not)."""
+def check(path: Path, rels: list[str] | None = None) -> None:
+    """Each of the checkpoint's files `rels` (None: every file the manifest lists) has its manifest's sha256
+    (`CorruptCheckpointError` names the first that has not)."""
     files = _files(path)
-    for rel in rels:
+    for rel in files if rels is None else rels:
         check_digest(path / rel, files.get(rel, {}).get("sha256"))
 
 

@@ -70,7 +70,8 @@ def test_learner_then_driver_killed_midway_resume_to_the_same_weights(reference,
     assert last.prompts == reference.prompts[2:] and last.weights == reference.weights[2:]
     assert [p.name for p in checkpoint.complete(ckpt)] == ["step-000002", "step-000003", "step-000004"]
     for step in (2, 3, 4):
-        assert checkpoint.verify(checkpoint.step_dir(ckpt, step), deep=True)
+        assert checkpoint.verify(checkpoint.step_dir(ckpt, step))
+        checkpoint.check(checkpoint.step_dir(ckpt, step))  # every digest
         assert _weights(checkpoint.step_dir(ckpt, step)) == reference.weights[step - 1]
 
 

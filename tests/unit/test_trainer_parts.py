@@ -33,6 +33,11 @@ def test_checkpoint_is_complete_only_with_its_manifest_and_keeps_the_last_k(tmp_
     assert checkpoint.load_state(checkpoint.resolve_resume(tmp_path, "auto")) == {"step": 6}
     checkpoint.check_model(tmp_path / "step-000006" / "model")
     assert not list(tmp_path.glob(".*"))  # no temporary directories left
+    checkpoint.check(tmp_path / "step-000006")  # every listed file has its digest
+    (tmp_path / "step-000006" / "model" / "model.safetensors").write_bytes(b"WEIGHTS")  # same size, new bytes
+    assert checkpoint.verify(tmp_path / "step-000006")  # sizes only
+    with pytest.raises(CorruptCheckpointError, match=r"model\.safetensors: sha256 \w+ differs"):
+        checkpoint.check(tmp_path / "step-000006")
 
 
 def test_a_half_written_checkpoint_is_ignored_and_named(tmp_path):
