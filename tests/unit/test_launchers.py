@@ -21,7 +21,7 @@ NODE = REPO / "launch" / "slurm" / "ray_node.sh"
 RAYJOB = REPO / "launch" / "kuberay" / "rayjob.yaml"
 
 
-@pytest.mark.parametrize("script", [SBATCH, NODE, REPO / "launch" / "setup.sh"])
+@pytest.mark.parametrize("script", [SBATCH, NODE, REPO / "launch" / "setup.sh", NODE.parent / "install.sh"])
 def test_shell_scripts_parse(script):
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
