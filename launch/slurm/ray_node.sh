@@ -7,8 +7,11 @@ set -euo pipefail
 
 role=${1:?usage: ray_node.sh head|worker [HEAD_ADDRESS]}
 head_address=${2:-}
-gpus=${SLURM_GPUS_ON_NODE:-${GPUS_PER_NODE:-8}}
+# Slurm's GPU count for this node when the job asked for GPUs; else GPUS_PER_NODE, else Ray detects them.
+gpus=${SLURM_GPUS_ON_NODE:-${GPUS_PER_NODE:-}}
 cpus=${SLURM_CPUS_ON_NODE:-$(nproc)}
+# Site-specific `ray start` flags (ports beside another Ray, --temp-dir on local disk), split on spaces.
+read -r -a extra <<< "${RAY_START_ARGS:-}"
 
 # Collectives (RCCL/NCCL, gloo) must leave the node on a real interface. Take the one that carries the
 # default route unless the site names one (e.g. an InfiniBand/RoCE port: NCCL_SOCKET_IFNAME=ib0).
@@ -39,7 +42,8 @@ fi
 unset RAY_EXPERIMENTAL_NOSET_HIP_VISIBLE_DEVICES RAY_EXPERIMENTAL_NOSET_ROCR_VISIBLE_DEVICES \
   RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES
 
-common=(--block --node-ip-address="$node_ip" --num-gpus="$gpus" --num-cpus="$cpus" --disable-usage-stats)
+common=(--block --node-ip-address="$node_ip" --num-cpus="$cpus" --disable-usage-stats "${extra[@]}")
+[[ -n "$gpus" ]] && common+=(--num-gpus="$gpus")
 case $role in
   head)
     exec ray start --head "${common[@]}" --port="${RAY_PORT:-6379}" \

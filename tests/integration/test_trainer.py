@@ -4,7 +4,8 @@ weight sync): under `ray job submit` against a real head, and resumed mid-run to
 from __future__ import annotations
 
 import os
-import secrets
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -60,9 +61,25 @@ def _jobs_api_up(ray: str, dashboard: int, env: dict, head: subprocess.Popen, ti
     return f"no answer within {timeout_s:.0f} s; last probe: {why}"
 
 
+def _readme_commands() -> list[list[str]]:
+    """The README's lines for a Ray head of one's own ("Running it yourself"), as words, comments and
+    redirections dropped: the test runs what a user copies."""
+    lines = re.findall(r"^    ((?:ray|export) .*)$", (REPO / "README.md").read_text(), re.M)
+    words = [shlex.split(line, comments=True) for line in lines]
+    return [w[:w.index(">")] if ">" in w else w for w in words]
+
+
+def _readme_command(commands: list[list[str]], *start: str) -> list[str]:
+    found = [words for words in commands if words[:len(start)] == list(start)]
+    assert len(found) == 1, f"README.md: one line starting {' '.join(start)!r} expected, found {found}"
+    return found[0]
+
+
 @contextmanager
-def _ray_head(ray: str, env: dict, log_dir: Path, attempts: int = 2, timeout_s: float = 240) -> Iterator[int]:
-    """A Ray head of its own on 127.0.0.1 (beside this session's `ray_cluster`); yields its dashboard port.
+def _ray_head(ray: str, start: list[str], env: dict, log_dir: Path, attempts: int = 2,
+              timeout_s: float = 240) -> Iterator[int]:
+    """The head of `start` (the README's `ray start --head ...` words) beside this session's `ray_cluster`,
+    on ports and a temporary folder of its own; yields its dashboard port.
 
     Every fixed default port gets a free one: another Ray on the machine (this session's own) already
     holds the agent's 52365, and a head whose job agent cannot bind accepts jobs through its API but never
@@ -81,9 +98,8 @@ def _ray_head(ray: str, env: dict, log_dir: Path, attempts: int = 2, timeout_s: 
         # --block keeps `ray start` in the foreground owning the head's processes: terminating its process
         # group stops this head only (`ray stop` would stop every Ray on the machine, the session's too).
         with log.open("w") as out:
-            head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                                     f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                                     "--num-cpus=8", *ports, "--disable-usage-stats", f"--temp-dir={short_tmp}"],
+            head = subprocess.Popen([ray, *start[1:], "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+                                     *ports, f"--temp-dir={short_tmp}"],
                                     env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             why = _jobs_api_up(ray, dashboard, env, head, timeout_s)
@@ -112,21 +128,34 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
 
 
 def test_ray_job_submit_runs_the_smoke_config_as_is(tiny_model_dir, tmp_path):
-    """`conf/smoke.yaml` unchanged but for where its outputs go (and the cached tiny model / data): SFT,
-    then 6 GRPO steps with checkpoints, through `ray job submit` against a head started by hand."""
+    """The README's lines for a head of one's own, as written: a token, token mode, `ray start --head` with
+    its CPUs, then `ray job submit` of `conf/smoke.yaml` unchanged but for where its outputs go (and the
+    cached tiny model / data): SFT, then 6 GRPO steps with checkpoints."""
     ray = str(Path(sys.executable).parent / "ray")
-    # What our cluster launchers turn on, with a token of its own as launch/slurm/grpo.sbatch makes one: a
-    # fresh machine has no ~/.ray/auth_token, and a token head without one does not start.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    with _ray_head(ray, env, tmp_path) as dashboard:
+    readme = _readme_commands()
+    # The token goes to a home of the test's own: the user's ~/.ray/auth_token is neither read nor written.
+    home = tmp_path / "home"
+    generate = _readme_command(readme, "ray", "get-auth-token")
+    subprocess.run([ray, *generate[1:]], env={**os.environ, "HOME": str(home)}, check=True, capture_output=True)
+    (mode,) = _readme_command(readme, "export", "RAY_AUTH_MODE=token")[1:]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    env |= {"RAY_AUTH_TOKEN_PATH": str(home / ".ray" / "auth_token"), mode.split("=")[0]: mode.split("=")[1]}
+    submit = _readme_command(readme, "ray", "job", "submit")
+    python = submit.index("python")
+    with _ray_head(ray, _readme_command(readme, "ray", "start", "--head"), env, tmp_path) as dashboard:
+        env["RAY_ADDRESS"] = f"http://127.0.0.1:{dashboard}"
+        # What the README says happens without the export line: the head has token auth on, the client
+        # does not send its token.
+        refused = subprocess.run([ray, "job", "list"], env={k: v for k, v in env.items() if k != "RAY_AUTH_MODE"},
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and "Missing authentication token" in refused.stdout + refused.stderr
         for _ in range(30):  # the head's job agent may come up a little after its job API
             job = subprocess.run(
-                [ray, "job", "submit", f"--address=http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
-                 sys.executable, "-m", "rl.launch", "--config", "conf/smoke.yaml", f"model.path={tiny_model_dir}",
+                [ray, *submit[1:python], sys.executable, *submit[python + 1:], f"model.path={tiny_model_dir}",
                  f"data.path={CACHE / 'synthetic-smoke'}", f"sft.output_dir={tmp_path / 'sft'}",
                  f"sft.state_dir={tmp_path / 'sft-steps'}", f"checkpoint.dir={tmp_path / 'ckpt'}",
                  f"logging.dir={tmp_path / 'runs'}", "logging.image_every=3"],
-                env=env, capture_output=True, text=True, timeout=900)
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
             if "No available agent" not in job.stderr + job.stdout:
                 break
             time.sleep(2)

@@ -21,7 +21,7 @@ NODE = REPO / "launch" / "slurm" / "ray_node.sh"
 RAYJOB = REPO / "launch" / "kuberay" / "rayjob.yaml"
 
 
-@pytest.mark.parametrize("script", [SBATCH, NODE, REPO / "launch" / "setup.sh"])
+@pytest.mark.parametrize("script", [SBATCH, NODE, REPO / "launch" / "setup.sh", NODE.parent / "install.sh"])
 def test_shell_scripts_parse(script):
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -87,12 +87,23 @@ def test_ray_node_starts_a_worker_on_a_real_interface_with_slurms_gpus(tmp_path)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     args = lines[0]
-    assert "start --block" in args and "--num-gpus=8 --num-cpus=64" in args and "--address=10.0.0.1:6379" in args
+    assert "start --block" in args and "--num-cpus=64" in args and "--address=10.0.0.1:6379" in args
+    assert "--num-gpus=8" in args
     ifname = next(line.split("=", 1)[1] for line in lines if line.startswith("NCCL_SOCKET_IFNAME="))
     assert ifname and ifname != "lo" and f"GLOO_SOCKET_IFNAME={ifname}" in lines
     assert "--node-ip-address=127." not in args
     # Slurm's GPU list reaches Ray as HIP_VISIBLE_DEVICES; ROCR, CUDA lists and NOSET are gone.
     assert [line for line in lines if "VISIBLE" in line] == ["HIP_VISIBLE_DEVICES=4,5,6,7"]
+
+
+def test_ray_node_leaves_gpus_to_ray_when_slurm_gives_no_count_and_passes_site_flags(tmp_path):
+    env = {k: v for k, v in _fake_ray(tmp_path).items() if k not in ("SLURM_GPUS_ON_NODE", "GPUS_PER_NODE")}
+    env["RAY_START_ARGS"] = "--temp-dir=/tmp/rj1 --dashboard-agent-listen-port=50001"
+    run = subprocess.run(["bash", str(NODE), "head"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    args = run.stdout.splitlines()[0]
+    assert "--num-gpus" not in args  # a CPU-only allocation: Ray counts the node's GPUs itself (none)
+    assert "--temp-dir=/tmp/rj1 --dashboard-agent-listen-port=50001" in args and "--head" in args
 
 
 def test_ray_node_rejects_an_unknown_role(tmp_path):
