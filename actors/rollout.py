@@ -201,7 +201,7 @@ class RolloutWorker(Locatable):
         if seed is not None:
             # Cached prefixes from earlier calls (e.g. an evaluation) change the prefill's float order and
             # so, rarely, a sampled token: start from an empty cache to make (seed, rows) fix the samples.
-            self.engine.reset_prefix_cache()
+            self._reset_prefix_cache("before a seeded generate")
             self.engine.collective_rpc("reseed", args=(seed,))
         max_tokens = max_tokens or self.rollout.max_tokens
         results = [PromptResult(index=i, policy_version=self.version) for i in indices]
@@ -279,11 +279,18 @@ class RolloutWorker(Locatable):
         # Everything cached was computed by (or mirrors a worker cache cleared with) the old weights:
         # KV blocks and vision-encoder outputs would mix policies, and the multimodal input cache's
         # sender side must forget what the reloaded worker no longer holds ("Encoder cache miss").
-        self.engine.reset_prefix_cache()
-        self.engine.llm_engine.reset_encoder_cache()
+        self._reset_prefix_cache(f"after loading policy version {version}")
+        self.engine.llm_engine.reset_encoder_cache()  # these two raise on failure; the prefix reset reports it
         self.engine.reset_mm_cache()
         self.version = version
         return version
+
+    def _reset_prefix_cache(self, when: str) -> None:
+        """vLLM declines (returns False) while blocks are still held, e.g. by an unfinished request: the
+        cache would keep KV blocks of other weights or another seed's prefill, so that is an error."""
+        if not self.engine.reset_prefix_cache():
+            raise RuntimeError(f"{self.name}: vLLM did not reset its prefix cache {when} (blocks still in use); "
+                               f"the engine would reuse stale KV blocks")
 
 
 def _sample(out: Any) -> Sample:
