@@ -422,6 +422,18 @@ class WeightSyncError(ActorCallError):
     is untouched: replace the worker, `connect()` again, and sync again."""
 
 
+def verify_checksums(sent: dict[str, str], received: Sequence[dict[str, str]], labels: Sequence[str]) -> None:
+    """Every engine received exactly the tensors the source sent, bit for bit (per-tensor checksums);
+    otherwise a WeightSyncError (phase "verify") naming the first engine that differs and its tensors."""
+    for name, sums in zip(labels, received, strict=True):
+        wrong = sorted(n for n in sent if sums.get(n) != sent[n])
+        extra = sorted(set(sums) - set(sent))
+        if wrong or extra:
+            raise WeightSyncError(f"{name}: {len(wrong)} tensors differ from the source after sync "
+                                  f"(first: {wrong[:3]})" + (f", {len(extra)} not sent (first: {extra[:3]})"
+                                                             if extra else ""), name, "verify")
+
+
 @dataclass
 class SyncStats:
     version: int
@@ -509,11 +521,7 @@ class WeightSync:
         received = received[: len(self.pool.workers)]
         seconds = time.perf_counter() - start
         self.last_checksums = sent
-        for name, sums in zip(self.pool.labels, received, strict=True):
-            wrong = sorted(n for n in sent if sums.get(n) != sent[n])
-            if wrong or len(sums) != len(sent):
-                raise WeightSyncError(f"{name}: {len(wrong)} tensors differ from the source after sync "
-                                      f"(first: {wrong[:3]})", name, "verify")
+        verify_checksums(sent, received, self.pool.labels)
         nbytes = sum(meta.nbytes for bucket in plan_from_wire(self.plan) for meta in bucket)
         return SyncStats(version, seconds, nbytes, len(self.pool.workers))
 

@@ -246,7 +246,8 @@ class GRPOTrainer:
                 return self.sync.sync(version)
             except WeightSyncError as exc:
                 if exc.actor not in self.pool.labels:
-                    raise  # the learner side (or a checksum): nothing to replace
+                    raise  # the learner side: nothing to replace
+                # An engine lost, hung, or holding weights whose checksums differ from the source's.
                 # No catch-up: the next sync builds a fresh group with the replacement in it.
                 self._replace(self.pool, self.pool.labels.index(exc.actor), exc)
 
