@@ -247,7 +247,10 @@ class WeightSyncConfig(Section):
 class ClusterConfig(Section):
     address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else start a local Ray
     platform: Literal["auto", "cuda", "rocm", "cpu"] = "auto"
-    host: str = "127.0.0.1"  # services bind to loopback unless configured otherwise
+    # Where the run's own stores listen (the learners' process group, the weight-sync rendezvous) and what
+    # peers dial. auto: the node's address as Ray knows it: loopback for a local Ray (no address), the
+    # node's address on the cluster network otherwise. An IP address pins it (one node). Never a wildcard.
+    host: str = "auto"
     num_cpus: int | None = None  # local Ray only
     reward_workers: int = Field(default=1, ge=1)
     call_timeout_s: float = Field(default=600, gt=0)  # every remote call; names actor and phase on expiry
@@ -262,6 +265,15 @@ class ClusterConfig(Section):
     # both), so L learners and L engines x TP 1 take L GPUs. The engine's rollout.gpu_memory_utilization is
     # then its share of that GPU; the learner must fit the rest (`python -m rl.capacity` checks the sum).
     colocate: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _one_interface(cls, value: str) -> str:
+        if value.strip() in ("", "0.0.0.0", "::", "*"):
+            raise ValueError("a wildcard would open the unauthenticated weight-sync and learner stores on every "
+                             "network of the node; use auto (the node's address on the cluster network, found "
+                             "from Ray) or one address")
+        return value
 
 
 class LoggingConfig(Section):
