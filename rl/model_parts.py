@@ -10,7 +10,6 @@ from typing import Any
 
 from rl.config import ConfigError
 
-
 # The logit bias that keeps vision placeholder tokens out of sampled answers. The engine adds it before the
 # temperature (vLLM's logits processors run first) and reports log-probs of the biased distribution; the
 # learner adds the same bias, so both mean the same distribution by a log-prob.
