@@ -40,7 +40,7 @@ class Listeners:
     """Every listening TCP socket of this process and its descendants (the local Ray's GCS, raylet,
     agents, workers and actors), sampled from a thread while a run goes: {(process name, address)}."""
 
-    def __init__(self, every_s: float = 0.25):
+    def __init__(self, every_s: float = 1.0):  # servers live for the whole run: a slow poll sees them all
         import threading
 
         self.seen: set[tuple[str, str]] = set()
