@@ -39,7 +39,7 @@ from actors.learner_batch import (
     num_micro_batches,
     shard_for_learners,
 )
-from actors.remote import ActorCallError, Locatable, gather, label, reachable_host
+from actors.remote import ActorCallError, Locatable, bind_host, gather, label, listening_store
 from actors.weight_sync import TensorMeta, WeightSource
 from rl.config import Config
 from rl.grpo import lr_factor
@@ -76,11 +76,8 @@ class Learner(WeightSource, Locatable):
         """Rank 0: opens the process group's TCP store on a free port and returns its address. The store
         stays open until `setup` joins it: picking a free port and binding it later would race other
         processes for the port (EADDRINUSE)."""
-        from torch.distributed import TCPStore
-
-        host = reachable_host(self.cfg.cluster.host)
-        self.store = TCPStore(host, 0, self.world_size, is_master=True, wait_for_workers=False,
-                              timeout=timedelta(seconds=self.cfg.cluster.call_timeout_s))
+        host = bind_host(self.cfg.cluster.host)
+        self.store = listening_store(host, self.world_size, timedelta(seconds=self.cfg.cluster.call_timeout_s))
         return host, self.store.port
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from rl.config import GRPOConfig
 from rl.data import load_image
 from rl.grpo import grpo_loss, token_logprobs, truncated_is_weights
+from rl.model_parts import VISION_TOKEN_BIAS, vision_token_ids
 
 
 @dataclass
@@ -76,6 +77,11 @@ class PolicyLogprobs(nn.Module):
         self.temperature = temperature
         self.chunk_size = chunk_size
         self._vision_types: Tensor | None = None
+        # The rollout engine's logit bias on vision placeholder tokens (actors/rollout.py), so a log-prob
+        # here means what the engine's sampling log-prob means: the distribution tokens were drawn from.
+        bias = torch.zeros(policy.lm_head.out_features)  # [V]
+        bias[vision_token_ids(policy.config)] = VISION_TOKEN_BIAS
+        self.register_buffer("logit_bias", bias, persistent=False)
         # Image slots are the prompt's image tokens only. A sampled response may contain <|image_pad|>
         # as plain text (vLLM embeds generated tokens as text); the stock id-based mask would count it
         # as an image slot. The collator's mm_token_type_ids mark the prompt's slots alone.
@@ -93,7 +99,8 @@ class PolicyLogprobs(nn.Module):
             inputs = self._shared_prompt_inputs(dict(inputs))
         hidden = self.policy.model(**inputs, use_cache=False).last_hidden_state  # [b, S, H]
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)  # [M, H]
-        return token_logprobs(hidden, targets, self.policy.lm_head, self.temperature, self.chunk_size, with_entropy)
+        return token_logprobs(hidden, targets, self.policy.lm_head, self.temperature, self.chunk_size, with_entropy,
+                              self.logit_bias)
 
     def _shared_prompt_inputs(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Rows packed by `Collator(share_prompts=True)`: M-RoPE positions of the row as one sequence

@@ -5,20 +5,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
-WILDCARD_HOSTS = ("0.0.0.0", "::")
 
-
-def reachable_host(host: str) -> str:
-    """The address peers should dial for a service bound to `host` in this process: a wildcard bind
-    (multi-node configs set cluster.host: 0.0.0.0) is advertised as this node's IP, which other nodes
-    reach; loopback stays loopback (single node)."""
-    if host not in WILDCARD_HOSTS:
+def bind_host(host: str) -> str:
+    """The address this process's services (the learners' process-group store, the weight-sync store)
+    listen on and peers dial: `cluster.host`, where "auto" is this node's address as Ray knows it: its
+    address on the cluster network, or loopback for a local Ray (rl.cluster starts that on 127.0.0.1)."""
+    if host != "auto":
         return host
     import ray
 
     return ray.util.get_node_ip_address()
+
+
+def listening_store(host: str, world_size: int, timeout: timedelta, wait_for_workers: bool = False) -> Any:
+    """A master TCPStore on a free port that listens on `host` only. torch's own master binds every
+    interface ("::") whatever host it is given; a socket bound here and handed over keeps it to `host`."""
+    import socket
+
+    from torch.distributed import TCPStore
+
+    family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    # detach: the store owns the descriptor from here on (and closes it with itself).
+    return TCPStore(host, sock.getsockname()[1], world_size, is_master=True, timeout=timeout,
+                    wait_for_workers=wait_for_workers, master_listen_fd=sock.detach(), use_libuv=True)
 
 
 class Locatable:

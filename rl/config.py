@@ -151,8 +151,11 @@ class RolloutConfig(Section):
     num_workers: int = Field(default=1, ge=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
     temperature: float = Field(default=1.0, ge=0)
+    # Nucleus / top-k truncation stay off: the learner's log-probs are those of the full softmax (with the
+    # engine's temperature and vision-token bias), and with truncation the engine's sampling log-probs
+    # would come from another distribution, biasing the importance weights (see _full_distribution).
     top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = -1  # -1: off
+    top_k: int = -1  # -1 (or 0): off
     max_tokens: int = Field(default=96, gt=0)  # the longest synthetic answer is 82 tokens
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
@@ -160,6 +163,22 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)  # accelerator engines
     enforce_eager: bool = True
     prompt_overflow: Literal["truncate", "reject"] = "reject"
+
+    @field_validator("top_p", "top_k")
+    @classmethod
+    def _full_distribution(cls, value: float, info: Any) -> float:
+        """Truncated sampling is refused: matching it in the learner would mean re-deriving the engine's
+        top-p/top-k set per token (a sort over the vocabulary for every response token), and the set
+        depends on the weights being trained, so the ratio pi_new/pi_old of two truncated policies is
+        not the policy-gradient ratio GRPO assumes. Shape the distribution with `rollout.temperature`."""
+        off = value == 1.0 if info.field_name == "top_p" else value in (-1, 0)
+        if not off:
+            raise ValueError(f"truncated sampling is not supported (the "
+                             f"learner's log-probs are the full softmax's, so the engine's truncated sampling "
+                             f"log-probs would bias the importance weights); use "
+                             f"rollout.{info.field_name}={'1.0' if info.field_name == 'top_p' else -1} and "
+                             f"rollout.temperature to shape sampling")
+        return value
 
 
 class GRPOConfig(Section):
@@ -228,7 +247,10 @@ class WeightSyncConfig(Section):
 class ClusterConfig(Section):
     address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else start a local Ray
     platform: Literal["auto", "cuda", "rocm", "cpu"] = "auto"
-    host: str = "127.0.0.1"  # services bind to loopback unless configured otherwise
+    # Where the run's own stores listen (the learners' process group, the weight-sync rendezvous) and what
+    # peers dial. auto: the node's address as Ray knows it: loopback for a local Ray (no address), the
+    # node's address on the cluster network otherwise. An IP address pins it (one node). Never a wildcard.
+    host: str = "auto"
     num_cpus: int | None = None  # local Ray only
     reward_workers: int = Field(default=1, ge=1)
     call_timeout_s: float = Field(default=600, gt=0)  # every remote call; names actor and phase on expiry
@@ -243,6 +265,15 @@ class ClusterConfig(Section):
     # both), so L learners and L engines x TP 1 take L GPUs. The engine's rollout.gpu_memory_utilization is
     # then its share of that GPU; the learner must fit the rest (`python -m rl.capacity` checks the sum).
     colocate: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _one_interface(cls, value: str) -> str:
+        if value.strip() in ("", "0.0.0.0", "::", "*"):
+            raise ValueError("a wildcard would open the unauthenticated weight-sync and learner stores on every "
+                             "network of the node; use auto (the node's address on the cluster network, found "
+                             "from Ray) or one address")
+        return value
 
 
 class LoggingConfig(Section):

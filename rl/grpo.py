@@ -239,9 +239,14 @@ def grpo_loss(
 
 # ---------------------------------------------------------------- per-token log-probs from hidden states
 
+def _logits(hidden: Tensor, head: Callable[[Tensor], Tensor], temperature: float, bias: Tensor | None) -> Tensor:
+    logits = head(hidden).float()  # [c, V]
+    return (logits if bias is None else logits + bias) / temperature
+
+
 def _chunk_logprobs(hidden: Tensor, targets: Tensor, head: Callable[[Tensor], Tensor],
-                    temperature: float) -> Tensor:
-    logits = head(hidden).float() / temperature  # [c, V]
+                    temperature: float, bias: Tensor | None = None) -> Tensor:
+    logits = _logits(hidden, head, temperature, bias)
     chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)
 
@@ -257,8 +262,9 @@ def token_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     with_entropy: bool = False,
+    bias: Tensor | None = None,  # [V] added to the logits before the temperature (the engine's logit bias)
 ) -> tuple[Tensor, Tensor | None]:  # logprobs [M], entropy [M] or None
-    """log pi(y_t) = z_{y_t} / tau - logsumexp(z / tau), computed `chunk_size` tokens at a time.
+    """log pi(y_t) = z'_{y_t} / tau - logsumexp(z' / tau), z' = z + bias, computed `chunk_size` tokens at a time.
 
     Only a [chunk, V] block of logits exists at once: the chosen logit is gathered and the
     log-normaliser taken with logsumexp, never a full-vocabulary log_softmax copy. With grad enabled
@@ -268,12 +274,12 @@ def token_logprobs(
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            logps.append(checkpoint(_chunk_logprobs, h, y, head, temperature, use_reentrant=False))
+            logps.append(checkpoint(_chunk_logprobs, h, y, head, temperature, bias, use_reentrant=False))
             if with_entropy:
                 with torch.no_grad():
-                    entropies.append(_entropy(head(h.detach()).float() / temperature))
+                    entropies.append(_entropy(_logits(h.detach(), head, temperature, bias)))
         else:
-            logits = head(h).float() / temperature
+            logits = _logits(h, head, temperature, bias)
             logps.append(logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1))
             if with_entropy:
                 entropies.append(_entropy(logits))

@@ -10,6 +10,18 @@ from typing import Any
 
 from rl.config import ConfigError
 
+# The logit bias that keeps vision placeholder tokens out of sampled answers. The engine adds it before the
+# temperature (vLLM's logits processors run first) and reports log-probs of the biased distribution; the
+# learner adds the same bias, so both mean the same distribution by a log-prob.
+VISION_TOKEN_BIAS = -100.0
+
+
+def vision_token_ids(hf_config: Any) -> list[int]:
+    """Placeholder tokens that mark where image features go; an answer must never contain them (in a
+    response they would make the learner's forward pass expect image features that do not exist)."""
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [getattr(hf_config, n) for n in names if getattr(hf_config, n, None) is not None]
+
 
 def is_vision_encoder(name: str) -> bool:
     """A parameter of the vision tower other than a merger (`merger`, Qwen3-VL's `deepstack_merger_list`)."""

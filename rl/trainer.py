@@ -246,7 +246,8 @@ class GRPOTrainer:
                 return self.sync.sync(version)
             except WeightSyncError as exc:
                 if exc.actor not in self.pool.labels:
-                    raise  # the learner side (or a checksum): nothing to replace
+                    raise  # the learner side: nothing to replace
+                # An engine lost, hung, or holding weights whose checksums differ from the source's.
                 # No catch-up: the next sync builds a fresh group with the replacement in it.
                 self._replace(self.pool, self.pool.labels.index(exc.actor), exc)
 
@@ -302,7 +303,6 @@ class GRPOTrainer:
             out.nonfinite = out.nonfinite or next(
                 (reason for key, values in scores.items() if (reason := nonfinite(f"{key!r} rewards", values))), None)
             total = torch.as_tensor(scores["total"], dtype=torch.float32)  # [n*G]
-            advantages = group_advantages(total, g.group_size, g.adv_std)  # [n*G]
             keep = (dynamic_sampling_mask(total, g.group_size)[0] if g.dynamic_sampling
                     else torch.ones(len(ok), dtype=torch.bool))
             out.groups_seen += len(ok)
@@ -315,14 +315,20 @@ class GRPOTrainer:
                     k = gi * g.group_size + j
                     out.samples.append(TrainSample(
                         prompt_ids=result.prompt_ids, response_ids=sample.response_ids,
-                        image=str(rows[result.index].image), advantage=float(advantages[k]),
-                        sampling_logprobs=sample.logprobs))
+                        image=str(rows[result.index].image), sampling_logprobs=sample.logprobs))
                     for key, values in scores.items():
                         out.rewards.setdefault(key, []).append(float(values[k]))
                     out.rows.append(rows[result.index])
                     out.texts.append(sample.text)
                     out.response_tokens += len(sample.response_ids)
                     out.truncated += sample.finish_reason == "length"
+        # Advantages once the step's batch is complete: with grpo.adv_std=batch the std is over every kept
+        # group of the step, whichever refill round it came from.
+        if out.samples:
+            totals = torch.as_tensor(out.rewards["total"], dtype=torch.float32)  # [kept*G]
+            for sample, advantage in zip(out.samples, group_advantages(totals, g.group_size, g.adv_std).tolist(),
+                                         strict=True):
+                sample.advantage = advantage
         return out
 
     # ------------------------------------------------------------------ checkpoints

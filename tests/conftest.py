@@ -62,9 +62,10 @@ def ray_cluster():
     8 logical CPUs on a 2-core machine: actors mostly wait on each other, so oversubscribing is fine."""
     import ray
 
+    from rl.cluster import start_local
+
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, logging_level="WARNING")
+        start_local(num_cpus=8)  # as a local run starts it: every server on loopback
     yield ray
     ray.shutdown()
 

@@ -33,6 +33,9 @@ LR = 1e-4  # small enough that one Adam step stays in the first-order regime (th
 # weight, so the two runs differ by far less than lr; the tolerance is 1% of one step's size.
 WEIGHT_TOL = 1e-2 * LR
 LOGPROB_TOL = 1e-4  # vLLM-CPU kernels vs transformers eager attention, fp32 (measured ~1e-6)
+# Not 1: the learner must divide by the engine's temperature (and add its vision-token logit bias) for a
+# log-prob to mean the same thing on both sides. The config refuses top-p/top-k (rl.config.RolloutConfig).
+TEMPERATURE = 0.7
 
 
 def _config(base: Config, **sections: dict) -> Config:
@@ -51,17 +54,22 @@ def learner_config(tiny_config) -> Config:
         grpo={"prompts_per_step": 2, "group_size": GROUP, "num_mini_batches": 2, "kl_coef": 0.05, "tis_cap": 2.0},
         learner={"micro_batch_size": 2, "lr": LR, "num_learners": 1, "warmup_steps": 0},  # full lr from step 1
         cluster={"platform": "cpu", "call_timeout_s": 300},
+        rollout={"temperature": TEMPERATURE},
     )
 
 
 @pytest.fixture(scope="module")
 def samples(tiny_engine, tiny_config, synthetic_dir) -> list[TrainSample]:
-    """2 prompts x 4 samples from vLLM (temperature 1), with the engine's sampling log-probs and
-    group advantages of a made-up reward (response length), as the trainer will build them."""
+    """2 prompts x 4 samples from vLLM, sampled as a rollout worker samples (the learner's temperature,
+    the vision-token logit bias), with the engine's sampling log-probs and group advantages of a
+    made-up reward (response length), as the trainer will build them."""
     from actors.rollout import engine_inputs, sampling_params
+    from rl.model_parts import vision_token_ids
 
     rows = load_split(synthetic_dir / "val.jsonl").rows[:2]
-    params = sampling_params(tiny_config.rollout.model_copy(update={"max_tokens": 12}), n=GROUP)
+    banned = vision_token_ids(tiny_engine.llm_engine.model_config.hf_config)
+    rollout = tiny_config.rollout.model_copy(update={"max_tokens": 12, "temperature": TEMPERATURE})
+    params = sampling_params(rollout, n=GROUP, banned_ids=banned)
     outs = tiny_engine.generate(engine_inputs(rows, tiny_engine.get_tokenizer()), params, use_tqdm=False)
     out: list[TrainSample] = []
     for row, result in zip(rows, outs, strict=True):

@@ -3,6 +3,7 @@ weight sync): under `ray job submit` against a real head, and resumed mid-run to
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -34,6 +35,47 @@ SMALL = ["pipeline=[grpo]", "grpo.prompts_per_step=2", "grpo.group_size=4", "lea
          f"data.path={CACHE / 'synthetic'}", "data.synthetic.num_train=64", "data.synthetic.num_val=8",
          "data.synthetic.num_test=8", "logging.image_every=2",
          "rewards.extra={tests.integration.extra_rewards:response_length: 1.0}"]
+
+
+class Listeners:
+    """Every listening TCP socket of this process and its descendants (the local Ray's GCS, raylet,
+    agents, workers and actors), sampled from a thread while a run goes: {(process name, address)}."""
+
+    def __init__(self, every_s: float = 1.0):  # servers live for the whole run: a slow poll sees them all
+        import threading
+
+        self.seen: set[tuple[str, str]] = set()
+        self._stop, self.every_s = threading.Event(), every_s
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            me = psutil.Process()
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    name = proc.name()
+                    self.seen |= {(name, c.laddr.ip) for c in proc.net_connections("inet") if c.status == "LISTEN"}
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue  # exited between the listing and the look
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> Listeners:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def beyond_loopback(self) -> list[tuple[str, str]]:
+        def loopback(ip: str) -> bool:
+            address = ipaddress.ip_address(ip)
+            mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+            return (mapped or address).is_loopback
+
+        return sorted((name, ip) for name, ip in self.seen if not loopback(ip))
 
 
 def _free_port() -> int:
@@ -225,23 +267,30 @@ def test_off_policy_samples_the_next_step_while_the_learner_trains(ray_cluster, 
     # 2 prompts per step, no refill: the data position is exactly 2 prompts per collected batch.
     cfg = load_config(overrides=[*SMALL, "grpo.off_policy_lag=1", "grpo.num_steps=4", "grpo.dynamic_sampling=false",
                                  f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path / 'runs'}"])
-    trainer = GRPOTrainer(cfg)
     metrics = []
-    try:
-        while trainer.step < cfg.grpo.num_steps:
-            metrics.append(trainer.train_step())
-            trainer.step += 1
-            if trainer.step == 2:
-                assert trainer.order.state()["cursor"] == 6  # steps 1, 2 and the prefetched step 3
-                saved = checkpoint.load_state(trainer.save())
-                assert saved["data"]["cursor"] == 4 and saved["version"] == 2
-        assert trainer._pending is None  # nothing sampled for a step 5 that never comes
-        import ray
+    # Issue 23 (5b): a local run listens on loopback only; sampled through this run's whole life.
+    with Listeners() as listeners:
+        trainer = GRPOTrainer(cfg)
+        try:
+            while trainer.step < cfg.grpo.num_steps:
+                metrics.append(trainer.train_step())
+                trainer.step += 1
+                if trainer.step == 2:
+                    assert trainer.order.state()["cursor"] == 6  # steps 1, 2 and the prefetched step 3
+                    saved = checkpoint.load_state(trainer.save())
+                    assert saved["data"]["cursor"] == 4 and saved["version"] == 2
+            assert trainer._pending is None  # nothing sampled for a step 5 that never comes
+            import ray
 
-        # Every engine holds the final version (each sync compared its checksums with the learner's).
-        assert ray.get([w.policy_version.remote() for w in trainer.pool.workers]) == [4] * len(trainer.pool.workers)
-    finally:
-        trainer.shutdown()
+            # Every engine holds the final version (each sync compared its checksums with the learner's).
+            versions = ray.get([w.policy_version.remote() for w in trainer.pool.workers])
+            assert versions == [4] * len(trainer.pool.workers)
+        finally:
+            trainer.shutdown()
+    names = {name for name, _ in listeners.seen}
+    # The sampler saw Ray's servers and the run's actors (the learner's stores, the engines' gloo).
+    assert {"gcs_server", "raylet", "ray::Learner", "ray::RolloutWorker", "ray::RewardService"} <= names, names
+    assert listeners.beyond_loopback() == []
     assert [m["policy/version_lag"] for m in metrics] == [0.0, 1.0, 1.0, 1.0]
     assert [m["policy/version"] for m in metrics] == [1.0, 2.0, 3.0, 4.0]
     assert all(m["learner/use_tis"] == 1.0 for m in metrics)

@@ -49,3 +49,26 @@ def test_preview_prints_answers_with_rewards(tiny_engine, tiny_config, synthetic
     for rec in records:
         assert set(rec) >= {"answer", "reference", "label_accuracy", "giou", "tag_count", "total"}
         assert rec["reference"] in out and -2.0 <= rec["total"] <= 2.5
+
+
+def test_a_prefix_cache_vllm_cannot_reset_is_an_error(tiny_engine, tiny_config, synthetic_dir):
+    # A real refusal, no injection: a request still in flight holds KV blocks, so vLLM declines the reset.
+    from actors.rollout import RolloutWorker
+
+    worker = RolloutWorker.__new__(RolloutWorker)  # the session's engine; no second model load
+    worker.name, worker.engine, worker.version = "rollout-t", tiny_engine, 0
+    row = load_split(synthetic_dir / "val.jsonl").rows[0]
+    inputs = engine_inputs([row], tiny_engine.get_tokenizer())[0]
+    engine = tiny_engine.llm_engine
+    engine.add_request("in-flight", inputs, sampling_params(tiny_config.rollout, n=1, max_tokens=32))
+    try:
+        engine.step()  # prefill: the request now holds blocks
+        with pytest.raises(RuntimeError, match=r"rollout-t: vLLM did not reset its prefix cache after loading "
+                                               r"policy version 3 .*stale KV blocks"):
+            worker._hold(3)
+        assert worker.version == 0  # the new version is not claimed
+    finally:
+        engine.abort_request(["in-flight"])
+        while engine.has_unfinished_requests():
+            engine.step()
+    assert worker._hold(3) == 3  # nothing in flight: the reset succeeds

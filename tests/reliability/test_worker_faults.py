@@ -20,7 +20,9 @@ from tests.reliability.conftest import Run, signal_later
 pytestmark = pytest.mark.slow
 
 def test_killed_rollout_and_reward_workers_are_replaced_and_nothing_changes(reference, tmp_path):
-    run = Run(tmp_path)
+    # Step 4: the run's own fault drill (chaos.kill_every) kills reward actor 1 (drawn from chaos.seed=5
+    # and the step), 0.03 s into the step, while the engines sample: its scoring call finds it dead.
+    run = Run(tmp_path, "chaos.kill_every=4", "chaos.targets=[reward]", "chaos.seed=5")
     pool, rewards = run.trainer.pool, run.trainer.rewards
     killed: list[str] = []
 
@@ -40,7 +42,9 @@ def test_killed_rollout_and_reward_workers_are_replaced_and_nothing_changes(refe
     finally:
         run.trainer.shutdown()
     assert len(killed) == 3
-    assert [m["faults/restarts"] for m in run.metrics] == [1.0, 2.0, 3.0, 3.0]
+    assert run.trainer.chaos.kills == [(4, rewards.names[1])]
+    assert [m["faults/chaos_kills"] for m in run.metrics] == [0.0, 0.0, 0.0, 1.0]
+    assert [m["faults/restarts"] for m in run.metrics] == [1.0, 2.0, 3.0, 4.0]
     new_pids = [w[1] for w in pool.where] + [w[1] for w in rewards.where]
     assert [a == b for a, b in zip(old_pids, new_pids, strict=True)] == [False, False, True, False]
     # Nothing lost, nothing duplicated, nothing different: the same prompts each step, the same weights.

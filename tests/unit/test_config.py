@@ -67,6 +67,16 @@ def test_off_policy_needs_importance_weights():
     assert load_config(overrides=["grpo.off_policy_lag=1"]).grpo.off_policy_lag == 1
 
 
+@pytest.mark.parametrize("override", ["rollout.top_p=0.9", "rollout.top_k=20"])
+def test_truncated_sampling_is_refused_naming_the_key(override):
+    # The learner's log-probs are the full (biased, tempered) softmax's: truncation would bias TIS.
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}: truncated sampling is not supported .* would bias the "
+                                          rf"importance weights"):
+        load_config(overrides=[override])
+    assert load_config(overrides=["rollout.top_k=0", "rollout.top_p=1.0"]).rollout.top_k == 0
+
+
 def test_pixel_limits_are_ordered():
     with pytest.raises(ConfigError, match=r"min_pixels \(20000\) > max_pixels \(16384\)"):
         load_config(overrides=["model.min_pixels=20000"])

@@ -217,6 +217,19 @@ def test_token_logprobs_worked_example():
     assert none is None
 
 
+def test_token_logprobs_apply_the_logit_bias_before_the_temperature():
+    # vLLM adds the logit bias, then divides by the temperature: log_softmax((z + b) / tau)
+    logits = torch.tensor([[0.0, 0.0, LN2]])
+    bias = torch.tensor([0.0, -2 * LN2, 0.0])  # exp((z + b) / 2) = [1, 1/2, sqrt 2]
+    for grad in (False, True):
+        hidden = logits.clone().requires_grad_(grad)
+        logp, entropy = token_logprobs(hidden, torch.tensor([0]), head=lambda h: h, temperature=2.0,
+                                       with_entropy=True, bias=bias)
+        close(logp, [-math.log(1.5 + math.sqrt(2))])
+        p = torch.tensor([1, 0.5, math.sqrt(2)]) / (1.5 + math.sqrt(2))
+        close(entropy, [float(-(p * p.log()).sum())])
+
+
 def test_token_logprobs_chunked_equals_log_softmax_with_gradient():
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 11, bias=False)

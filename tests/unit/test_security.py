@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import Config
+from rl.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p for d in ("rl", "actors", "rewards") for p in (REPO / d).rglob("*.py"))
@@ -60,4 +60,27 @@ def test_the_checker_catches_what_it_forbids() -> None:
 def test_defaults_trust_no_remote_code_and_bind_to_loopback() -> None:
     cfg = Config()
     assert cfg.model.trust_remote_code is False
-    assert cfg.cluster.host == "127.0.0.1"
+    assert cfg.cluster.host == "auto"  # the node's Ray address: 127.0.0.1 for a local Ray (rl.cluster.start_local)
+
+
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
+def test_a_wildcard_host_is_refused_naming_the_key(wildcard: str) -> None:
+    with pytest.raises(ConfigError, match=r"cluster.host: a wildcard would open the unauthenticated weight-sync "
+                                          r"and learner stores on every network"):
+        load_config(overrides=[f"cluster.host='{wildcard}'"])
+
+
+def test_a_store_listens_on_its_host_only() -> None:
+    # torch's own TCPStore master listens on "::" whatever host it is given.
+    from datetime import timedelta
+
+    import psutil
+
+    from actors.remote import listening_store
+
+    store = listening_store("127.0.0.1", 1, timedelta(seconds=10))
+    mine = [c.laddr for c in psutil.Process().net_connections("inet")
+            if c.status == "LISTEN" and c.laddr.port == store.port]
+    assert [(a.ip, a.port) for a in mine] == [("127.0.0.1", store.port)]
+    store.set("key", "value")
+    assert store.get("key") == b"value"

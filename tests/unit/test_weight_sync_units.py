@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.weight_sync import TensorMeta, checksum, pack, plan_buckets, plan_to_wire, unpack
+from actors.weight_sync import (
+    TensorMeta,
+    WeightSyncError,
+    checksum,
+    pack,
+    plan_buckets,
+    plan_to_wire,
+    unpack,
+    verify_checksums,
+)
 
 
 def _meta(name, *shape, dtype="float32"):
@@ -176,3 +185,20 @@ def test_slots_that_do_not_fit_are_an_error_naming_the_knobs(tmp_path):
     assert out.returncode == 3, out.stderr
     assert "no room for 2 x 8 MB weight-sync slots" in out.stdout and "weight_sync.bucket_mb" in out.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checksum_mismatch_after_sync_names_the_engine_and_the_tensors():
+    # The corruption is injected (a received sum edited): a real transfer gives no way to cause one.
+    weights = {"a.w": torch.randn(3), "b.w": torch.randn(4)}
+    sent = checksum(weights.items())
+    good = dict(sent)
+    verify_checksums(sent, [good, good], ["rollout-0", "rollout-1"])  # equal sums: no error
+    bad = checksum({**weights, "b.w": weights["b.w"] + 1.0}.items())
+    with pytest.raises(WeightSyncError, match=r"rollout-1: 1 tensors differ from the source after sync "
+                                              r"\(first: \['b.w'\]\)") as err:
+        verify_checksums(sent, [good, bad], ["rollout-0", "rollout-1"])
+    assert (err.value.actor, err.value.phase) == ("rollout-1", "verify")
+    with pytest.raises(WeightSyncError, match=r"rollout-0: 1 tensors differ .*\['a.w'\]"):
+        verify_checksums(sent, [{"b.w": sent["b.w"]}, good], ["rollout-0", "rollout-1"])  # one never arrived
+    with pytest.raises(WeightSyncError, match=r"rollout-0: 0 tensors differ .*, 1 not sent \(first: \['c.w'\]\)"):
+        verify_checksums(sent, [{**good, "c.w": "x"}, good], ["rollout-0", "rollout-1"])
