@@ -246,7 +246,8 @@ def test_sbatch_cancelled_mid_run_then_resubmitted_runs_to_completion_leaving_no
     print(f"scancel to no process left: {time.monotonic() - cancelled:.0f} s")
     assert _wait_for_end(slurm, job_id, timeout_s=60)["JobState"] == "CANCELLED"
     last = checkpoint.complete(tmp_path / "ckpt")[-1]
-    assert checkpoint.verify(last, deep=True)
+    assert checkpoint.verify(last)
+    checkpoint.check(last)  # every file has its digest
     saved = checkpoint.load_state(last)["step"]
     assert 1 <= saved < 20
 
@@ -261,6 +262,7 @@ def test_sbatch_cancelled_mid_run_then_resubmitted_runs_to_completion_leaving_no
     assert f"resumed from {last} at step {saved}" in log
     final = checkpoint.step_dir(tmp_path / "ckpt", saved + 2)
     assert checkpoint.complete(tmp_path / "ckpt") == [checkpoint.step_dir(tmp_path / "ckpt", saved + 1), final]
-    assert checkpoint.verify(final, deep=True) and checkpoint.load_state(final)["version"] == saved + 2
+    assert checkpoint.verify(final) and checkpoint.load_state(final)["version"] == saved + 2
+    checkpoint.check(final)
     assert _logged_steps(tmp_path / "runs")[-2:] == [saved + 1, saved + 2]
     assert _job_processes(again) == []  # the head's job step ended with the job, and Ray with it
