@@ -38,6 +38,7 @@ from rl.evaluate import evaluate_rows, evaluate_sampled
 from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
 from rl.grpo import dynamic_sampling_mask, group_advantages
 from rl.platform import get_platform
+from rl.progress import Progress
 
 
 @dataclass
@@ -111,14 +112,13 @@ class GRPOTrainer:
 
     def run(self, log: Any = print) -> dict[str, dict[str, float]]:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         writer = SummaryWriter(self.cfg.logging.dir)
         held_out = f"{len(self.val_rows)} {self.cfg.data.val_split} rows"
         before = self.evaluate()
         if before:
             log(_table(f"held-out before GRPO ({held_out})", before))
-        bar = tqdm(total=self.cfg.grpo.num_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
+        bar = Progress(self.cfg.grpo.num_steps, "grpo", initial=self.step)
         while self.step < self.cfg.grpo.num_steps:
             try:
                 metrics = self.train_step()
@@ -129,8 +129,7 @@ class GRPOTrainer:
             write_scalars(writer, metrics, self.step)
             if self.cfg.logging.image_every and self.step % self.cfg.logging.image_every == 0:
                 self._log_images(writer)
-            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}")
-            bar.update(1)
+            bar.update(1, reward=metrics["reward/total/mean"])
             if self.step % self.cfg.logging.log_every == 0:
                 bar.write(_line(self.step, metrics))
             if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0:
@@ -378,9 +377,9 @@ class GRPOTrainer:
         return out
 
     def _log_images(self, writer: Any) -> None:
-        from rl.visualize import prediction_grid
+        from rl.visualize import GRID_ROWS, prediction_grid
 
-        rows = self.val_rows[:8]
+        rows = self.val_rows[:GRID_ROWS]
         if not rows:  # grpo.eval_rows=0: nothing held out to draw
             return
         results, _ = self.pool.generate(rows, n=1, greedy=True)
