@@ -14,6 +14,7 @@ first and after the last step.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import time
 import uuid
@@ -92,7 +93,7 @@ class GRPOTrainer:
                                cfg.weight_sync.timeout_s, self.platform, host=cfg.cluster.host,
                                peers=list(zip(self.learners.labels[1:], self.learners.actors[1:], strict=True)),
                                transport=cfg.weight_sync.transport, shm_dir=cfg.weight_sync.shm_dir,
-                               backend="gloo" if cfg.cluster.colocate else None)
+                               backend="gloo" if cfg.cluster.colocate else None, owner=sync_owner(cfg))
         self.restarts = RestartBudget(cfg.reliability)
         self.nonfinite = NonFiniteGuard(cfg.reliability.max_nonfinite_steps)
         self.chaos = Chaos(cfg.chaos)
@@ -350,6 +351,7 @@ class GRPOTrainer:
         for part in (self.pool, self.learners, self.rewards):
             part.shutdown()
         self.placement.remove()
+        self.sync.remove_files()  # a learner killed before its first sync ended leaves its slots
 
     # ------------------------------------------------------------------ metrics
 
@@ -405,6 +407,12 @@ def _table(title: str, metrics: dict[str, float], before: dict[str, float] | Non
             cells.append(f"{metrics[key]:.3f}{delta:9s}")
         lines.append(f"  {k:18s} " + "   ".join(cells))
     return "\n".join(lines)
+
+
+def sync_owner(cfg: Config) -> str:
+    """The run's name in its weight-sync shared-memory files: from its checkpoint folder, so the run's next
+    start (a resume) finds what a killed learner of it left, and only that."""
+    return hashlib.sha256(str(Path(cfg.checkpoint.dir).resolve()).encode()).hexdigest()[:16]
 
 
 def write_scalars(writer: Any, metrics: dict[str, float], step: int) -> None:

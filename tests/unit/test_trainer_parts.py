@@ -80,6 +80,17 @@ def test_an_unwritable_checkpoint_folder_is_named(tmp_path):
         checkpoint.save(tmp_path / "taken", 1, _write_model, {"step": 1}, keep_last=1)
 
 
+def test_a_run_names_its_weight_sync_files_after_its_checkpoint_folder(tmp_path, monkeypatch):
+    """The same run (a resume, also from another working directory) finds its files; another run does not."""
+    from rl.trainer import sync_owner
+
+    run = load_config(overrides=[f"checkpoint.dir={tmp_path / 'a'}"])
+    monkeypatch.chdir(tmp_path)
+    assert sync_owner(run) == sync_owner(load_config(overrides=["checkpoint.dir=a"]))
+    assert sync_owner(run) != sync_owner(load_config(overrides=[f"checkpoint.dir={tmp_path / 'b'}"]))
+    assert sync_owner(run).isalnum() and len(sync_owner(run)) == 16
+
+
 def test_prompt_order_is_seeded_covers_each_epoch_and_resumes_exactly():
     order = PromptOrder(5, seed=3)
     first = order.take(3) + order.take(3)  # crosses into epoch 1
