@@ -101,3 +101,22 @@ def test_sft_images_land_in_tensorboard_under_their_tag(tmp_path):
     assert [e.step for e in shown] == [0, 4] and (shown[0].width, shown[0].height) == (16, 8)
     Scalars(tmp_path / "rank1", main=False).image("predictions", np.zeros((2, 2, 3), np.uint8), 0)
     assert not (tmp_path / "rank1").exists()  # other ranks write nothing
+
+
+def test_sft_draws_the_greedy_answers_of_the_first_val_rows_as_grpo_does(tmp_path, tiny_config, synthetic_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rl.data import load_split
+    from rl.sft_callbacks import GroundingEval
+    from rl.visualize import prediction_grid
+
+    rows = load_split(synthetic_dir / "val.jsonl").rows[:10]
+    answers = [row.answer for row in rows]  # what a perfect model would answer
+    scalars = Scalars(tmp_path / "sft", main=True)
+    GroundingEval(tiny_config, rows, scalars)._draw(answers, 7)
+    scalars.close()
+    events = EventAccumulator(str(tmp_path / "sft"))
+    events.Reload()
+    (shown,) = events.Images("sft/predictions")
+    grid = prediction_grid([r.image for r in rows[:8]], answers[:8], answers[:8], [r.extent for r in rows[:8]])
+    assert shown.step == 7 and (shown.width, shown.height) == grid.size  # 8 tiles: two rows of four
