@@ -26,6 +26,16 @@ def on_terminal() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
+def quiet_library_bars() -> None:
+    """In a log, turn off the bars transformers and huggingface_hub draw while loading and writing weights
+    (`Writing model shards: 0%|...`): their redraws would be glued into the log as ours would. Actors never
+    draw them (`Platform.actor_env`)."""
+    if not on_terminal():
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+
+
 def clock(seconds: float) -> str:
     """'MM:SS', or 'H:MM:SS' from an hour on."""
     minutes, secs = divmod(int(round(seconds)), 60)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from rl.progress import Progress, clock
+from rl.progress import Progress, clock, quiet_library_bars
 from rl.sft_callbacks import Scalars
 
 
@@ -69,6 +69,20 @@ def test_on_a_terminal_a_bar_is_drawn_and_lines_print_above_it(capsys):
     out = capsys.readouterr()
     assert "step    1 | reward 0.250\n" in out.out and "ETA" not in out.out  # the bar shows the ETA
     assert "\r" in out.err and "grpo" in out.err and "reward=0.250" in out.err
+
+
+def test_in_a_log_the_libraries_draw_no_bars_either(capsys):
+    from transformers.utils import logging
+
+    logging.enable_progress_bar()
+    try:
+        quiet_library_bars()  # pytest captures the output: not a terminal
+        assert not logging.is_progress_bar_enabled()
+        for _ in logging.tqdm(range(3), desc="Writing model shards"):
+            pass
+        assert capsys.readouterr().err == ""
+    finally:
+        logging.enable_progress_bar()
 
 
 def test_sft_lines_keep_their_content_and_gain_an_eta(tmp_path, capsys):
