@@ -3,8 +3,8 @@ terminal, plain lines where the output is a log.
 
 A bar redraws itself with carriage returns; a log file, `ray job logs` or CI keep every redraw, glued to the
 next printed line. Where stdout or stderr is not a terminal, a `Progress` prints no bar: the stage's own lines
-(`write`) end with the ETA, and when the stage has printed nothing for `every_s` seconds a status line says
-where it is (done/total, elapsed, ETA, the latest metrics)."""
+(`write`) end with the ETA, and the first update after `every_s` seconds without a line prints a status line
+(done/total, elapsed, ETA, the latest metrics)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-PLAIN_EVERY_S = 30.0  # in a log: a status line at least this often while the stage prints nothing itself
+PLAIN_EVERY_S = 30.0  # in a log: a status line at the first update after this long without a line
 
 
 def say(line: str) -> None:
