@@ -38,13 +38,40 @@ def process_group(store: dist.Store, rank: int, world_size: int, backend: str, t
     return dist.ProcessGroupNCCL(store, rank, world_size, options)
 
 
+SHM_PREFIX = "ggrpo-sync-"  # every file of the sync in weight_sync.shm_dir: ggrpo-sync-<owner>-<token>.<kind>
+OWNED_KINDS = (".probe", ".slots")
+
+
+def check_owner(owner: str) -> str:
+    """A run's name in its file names: letters and digits only, so one owner's prefix (`ggrpo-sync-<owner>-`)
+    never matches another's files."""
+    if not owner.isascii() or not owner.isalnum():
+        raise ValueError(f"weight-sync file owner {owner!r}: letters and digits only")
+    return owner
+
+
+def remove_owned(folder: str | Path, owner: str) -> list[str]:
+    """Delete `owner`'s probe and slots files in `folder` (those a killed sender left: its slots lose their
+    name only after the first sync); returns their names. Nothing else there is touched: not another run's
+    files, not a link, not anything without the sync's name and kind."""
+    prefix = f"{SHM_PREFIX}{check_owner(owner)}-"
+    removed = []
+    for path in Path(folder).glob(f"{prefix}*"):
+        if path.suffix in OWNED_KINDS and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return sorted(removed)
+
+
 class Probe:
     """The sender's question to its receivers: a file holding a random token in `folder`. A receiver that
-    reads the same token shares the folder's memory with the sender."""
+    reads the same token shares the folder's memory with the sender. `owner`: the run, in the file's name
+    (`remove_owned`); None: a name of its own."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, owner: str | None = None):
         self.token = secrets.token_hex(16)
-        self.path = Path(folder) / f"ggrpo-sync-{self.token}.probe"
+        owner = check_owner(owner) if owner is not None else secrets.token_hex(6)
+        self.path = Path(folder) / f"{SHM_PREFIX}{owner}-{self.token}.probe"
         self.path.write_text(self.token)
 
     @property

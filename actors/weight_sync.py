@@ -23,6 +23,7 @@ other thing the driver needs inside them). `WeightSender` runs in learner rank 0
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,8 +41,10 @@ from actors.remote import ActorCallError, bind_host, gather, listening_store
 from actors.sync_transport import (
     Probe,
     SharedSlots,
+    check_owner,
     choose_transport,
     process_group,
+    remove_owned,
     sees_probe,
     slots_path,
     tick,
@@ -154,14 +157,18 @@ class WeightSender:
     handed to the receivers), then `connect()` while the receivers join."""
 
     def __init__(self, host: str, world_size: int, backend: str, timeout_s: float, device: str,
-                 shm_dir: str | None = None):
-        """`shm_dir`: where to offer the shared-memory path (a probe file the receivers look for)."""
+                 shm_dir: str | None = None, owner: str | None = None):
+        """`shm_dir`: where to offer the shared-memory path (a probe file the receivers look for). `owner`:
+        the run, named in the files; what an earlier sender of it left there (killed before its first sync
+        ended) is removed first."""
         self.host, self.world_size, self.backend, self.device = host, world_size, backend, device
         self.timeout_s, self.timeout = timeout_s, timedelta(seconds=timeout_s)
         self.store = listening_store(host, world_size, self.timeout)
         self.port = self.store.port
         self.group = None
-        self.probe = Probe(shm_dir) if shm_dir else None
+        if shm_dir and owner is not None:
+            remove_owned(shm_dir, owner)
+        self.probe = Probe(shm_dir, owner) if shm_dir else None
         self.slots: SharedSlots | None = None
 
     def connect(self) -> None:
@@ -361,13 +368,14 @@ class WeightSource(ABC):
         return plan_to_wire(plan_buckets(self.weight_metas(), bucket_mb))
 
     def open_weight_sync(self, host: str, world_size: int, backend: str, timeout_s: float, device: str,
-                         shm_dir: str | None = None) -> tuple[str, int, tuple[str, str] | None]:
+                         shm_dir: str | None = None, owner: str | None = None,
+                         ) -> tuple[str, int, tuple[str, str] | None]:
         """Host the rendezvous on `host` (`cluster.host`; "auto": this node's address, see
         actors.remote.bind_host); returns the (address, port) receivers dial and, offering shared memory
-        in `shm_dir`, the probe (path, token) they look for."""
+        in `shm_dir`, the probe (path, token) they look for (`owner`: the run, named in its files)."""
         self.close_weight_sync()
         address = bind_host(host)
-        self._sender = WeightSender(address, world_size, backend, timeout_s, device, shm_dir)
+        self._sender = WeightSender(address, world_size, backend, timeout_s, device, shm_dir, owner)
         probe = self._sender.probe
         return address, self._sender.port, (str(probe.path), probe.token) if probe else None
 
@@ -461,16 +469,20 @@ class WeightSync:
 
     def __init__(self, source: Any, source_name: str, pool: Any, bucket_mb: float, timeout_s: float,
                  platform: Platform, host: str = "127.0.0.1", peers: Sequence[tuple[str, Any]] = (),
-                 transport: str = "auto", shm_dir: str = "/dev/shm", backend: str | None = None):
+                 transport: str = "auto", shm_dir: str = "/dev/shm", backend: str | None = None,
+                 owner: str | None = None):
         """`peers`: (name, handle) of actors that must iterate the weights with the source (the other
         ZeRO-3 learner ranks, whose shards the source gathers). `transport`: auto | collective |
         shared_memory (`weight_sync.transport`, decided at each `connect`). `backend`: the sync group's
         torch.distributed backend; None: the platform's (gloo where the source shares a GPU with an
-        engine, since NCCL refuses two ranks of one group on one device; gloo moves GPU tensors too)."""
+        engine, since NCCL refuses two ranks of one group on one device; gloo moves GPU tensors too).
+        `owner`: the run's name in its shared-memory files (letters and digits; None: one of its own), so a
+        later start of the run, or `remove_files`, finds what a killed learner left."""
         self.source, self.source_name, self.pool, self.peers = source, source_name, pool, list(peers)
         self.backend = backend or platform.dist_backend
         self.bucket_mb, self.timeout_s, self.platform, self.host = bucket_mb, timeout_s, platform, host
         self.requested, self.shm_dir = transport, shm_dir
+        self.owner = check_owner(owner) if owner is not None else secrets.token_hex(6)
         self.shared_path: str | None = None  # the slots file, when the last connect chose shared memory
         self.plan: list | None = None
         self.last_checksums: dict[str, str] = {}  # what the source sent in the last sync, per tensor
@@ -482,7 +494,7 @@ class WeightSync:
         backend, device = self.backend, self.platform.device_type
         offer = self.shm_dir if self.requested != "collective" else None
         ((address, port, probe),) = self._wait("open", [self.source.open_weight_sync.remote(
-            self.host, world, backend, self.timeout_s, device, offer)], [self.source_name])
+            self.host, world, backend, self.timeout_s, device, offer, self.owner)], [self.source_name])
         # Ranks: 0 the sender, then each engine's TP workers in pool order, which placement makes node
         # order (actors.placement): a broadcast ring then crosses each node boundary once.
         joins = [w.init_weight_sync.remote(address, port, 1 + i * tp, world, backend, self.timeout_s, probe)
@@ -531,9 +543,16 @@ class WeightSync:
         so the next `sync` rebuilds it."""
         engine = EngineView([self.pool.workers[index]], [self.pool.labels[index]], self.pool.tensor_parallel_size)
         stats = WeightSync(self.source, self.source_name, engine, self.bucket_mb, self.timeout_s, self.platform,
-                           self.host, self.peers, self.requested, self.shm_dir, self.backend).sync(version)
+                           self.host, self.peers, self.requested, self.shm_dir, self.backend, self.owner
+                           ).sync(version)
         self.plan = None
         return stats
+
+    def remove_files(self) -> list[str]:
+        """Delete this run's shared-memory files left in `shm_dir` on this machine (a learner killed before
+        its first sync ended leaves its slots); returns their names. On a cluster the learner's node may be
+        another one: there the run's next start removes them."""
+        return remove_owned(self.shm_dir, self.owner) if Path(self.shm_dir).is_dir() else []
 
     def _wait(self, phase: str, refs: list[Any], names: list[str] | None = None) -> list[Any]:
         names = names or [self.source_name, *self.pool.labels]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,15 @@ from scipy.optimize import linear_sum_assignment
 from rewards import RewardConfig, iou_matrix, parse_answer, score_batch
 from rl.ap import answers_ap
 from rl.config import Config, ConfigError
+from rl.progress import Progress
 from rl.report import fmt, markdown_table
 
 # The metrics a reader looks at first, in report order.
 HEADLINE = ("ap50", "ap", "mean_iou_matched", "label_accuracy", "format_valid", "duplicate_rate", "total_reward")
 DUPLICATE_IOU = 0.5  # a predicted box this close to an earlier one of the same label names the same object twice
+# Rows per engine in one call when progress is shown: vLLM's largest default max_num_seqs (1024 on big GPUs,
+# 256 per CPU engine), so a chunk keeps every engine's batch full and costs a wait for the slowest engine.
+CHUNK_ROWS = 1024
 
 
 def matched_ious(completion: str, reference: str) -> list[float]:
@@ -79,10 +84,18 @@ def grounding_metrics(completions: Sequence[str], references: Sequence[str], rew
     return out
 
 
-def answer_rows(pool: Any, rows: Sequence[Any]) -> tuple[list[str], list[int]]:
-    """Greedy answer text and its length in tokens for every row (empty for a row that failed)."""
-    results, _ = pool.generate(rows, n=1, greedy=True)
-    samples = [r.samples[0] if r.samples else None for r in results]
+def answer_rows(pool: Any, rows: Sequence[Any], progress: str | None = None) -> tuple[list[str], list[int]]:
+    """Greedy answer text and its length in tokens for every row (empty for a row that failed). `progress`:
+    show progress under that name (`rl.progress`), answering `CHUNK_ROWS` rows per engine at a time."""
+    size = CHUNK_ROWS * len(pool.workers) if progress else max(len(rows), 1)
+    samples = []
+    with Progress(len(rows), progress) if progress else nullcontext() as bar:
+        for start in range(0, len(rows), size):
+            chunk = rows[start: start + size]
+            results, _ = pool.generate(chunk, n=1, greedy=True)
+            samples += [r.samples[0] if r.samples else None for r in results]
+            if bar is not None:
+                bar.update(len(chunk))
     return [s.text if s else "" for s in samples], [len(s.response_ids) if s else 0 for s in samples]
 
 
@@ -119,7 +132,7 @@ def evaluate_split(cfg: Config, pool: Any) -> Evaluation:
     rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
                       on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
     rows = rows[: cfg.evaluation.max_rows or None]
-    texts, lengths = answer_rows(pool, rows)
+    texts, lengths = answer_rows(pool, rows, progress=f"eval {cfg.data.split}")
     metrics = grounding_metrics(texts, [r.answer for r in rows], cfg.rewards, lengths, [r.extent for r in rows])
     return Evaluation(metrics | {"rows": float(len(rows))}, rows, texts)
 

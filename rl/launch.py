@@ -21,9 +21,11 @@ def prepare(cfg: Config, stages: Sequence[str] = ()) -> None:
     any actor starts: a bad model.path is a ConfigError, a missing split a DatasetError naming the file."""
     from rl.data import ensure_dataset, split_path
     from rl.model_path import check_frame
+    from rl.progress import quiet_library_bars
     from rl.sft_data import sft_split_path
     from rl.tiny import ensure_model
 
+    quiet_library_bars()  # the tiny model's save, and every later stage of this process
     ensure_model(cfg.model)
     if cfg.model.tiny is None:
         check_frame(Path(cfg.model.path), cfg.frame())

@@ -46,7 +46,10 @@ class Platform:
 
     def actor_env(self) -> dict[str, str]:
         """Environment for every actor process (Ray runtime_env ``env_vars``)."""
-        env = {"DS_ACCELERATOR": self.deepspeed_accelerator, "VLLM_TARGET_DEVICE": self.vllm_device}
+        env = {"DS_ACCELERATOR": self.deepspeed_accelerator, "VLLM_TARGET_DEVICE": self.vllm_device,
+               # An actor's output is a log (Ray's, forwarded to the driver line by line): no loading or
+               # saving bars of transformers / huggingface_hub, whose carriage-return redraws garble it.
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         if self.name == "cpu":
             # vLLM-CPU binds OpenMP threads to cores; on shared 2-core machines let the OS schedule.
             env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"

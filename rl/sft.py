@@ -31,6 +31,7 @@ from rl.config import Config, ConfigError, LearnerConfig, ModelConfig
 from rl.data import DatasetError
 from rl.model_parts import freeze_vision_encoder
 from rl.platform import Platform, apply_env, get_platform
+from rl.progress import quiet_library_bars
 from rl.sft_data import (
     RUN_MARKER,
     SFTSplit,
@@ -326,6 +327,7 @@ def build_run(cfg: Config) -> SFTRun:
 
 def train_sft(cfg: Config) -> SFTResult:
     """Fine-tune `cfg.model.path` on the train split; publish the result to `cfg.sft.output_dir`."""
+    quiet_library_bars()  # also under torchrun, where this process did not `prepare`
     run = build_run(cfg)
     trainer, args = run.trainer, run.trainer.args
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size

@@ -1,6 +1,7 @@
-"""The SFT run's pieces around TRL's `SFTTrainer`: grounding evaluation on val before and after training,
-TensorBoard scalars with the training throughput, the last-step save and the complete-checkpoint marker,
-and a trainer subclass that keeps the length column for length-grouped batches."""
+"""The SFT run's pieces around TRL's `SFTTrainer`: grounding evaluation on val before and after training
+(metrics and a box-overlay image grid), TensorBoard scalars with the training throughput, progress with an
+ETA, the last-step save and the complete-checkpoint marker, and a trainer subclass that keeps the length
+column for length-grouped batches."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import SFTTrainer
@@ -18,13 +20,15 @@ from rl.config import Config
 from rl.data import GroundingRow
 from rl.evaluate import HEADLINE, grounding_metrics
 from rl.image_reliance import image_reliance
+from rl.progress import Progress
 from rl.sft_data import RUN_MARKER, generate_answers
 
 
 class GroundingEval(TrainerCallback):
     """Greedy answers on val rows (`rl.evaluate.grounding_metrics`: AP, IoU, labels, format, duplicates,
     rewards) and whether the coordinates depend on the image (`rl.image_reliance`), when training begins
-    and ends."""
+    and ends; the first rows' answers drawn over their images (`rl.visualize.prediction_grid`, as GRPO
+    draws them) unless `logging.image_every` is 0."""
 
     def __init__(self, cfg: Config, rows: list[GroundingRow], scalars: Any) -> None:
         self.cfg, self.rows, self.scalars = cfg, rows, scalars
@@ -51,17 +55,29 @@ class GroundingEval(TrainerCallback):
         metrics = grounding_metrics([a for _, a in pairs], [r.answer for r in self.rows], self.cfg.rewards,
                                     extents=[r.extent for r in self.rows]) | reliance
         self.scalars.val_metrics(step, when, metrics, len(self.rows))
+        if self.cfg.logging.image_every and self.scalars.main:
+            self._draw([a for _, a in pairs], step)
         return metrics
+
+    def _draw(self, answers: list[str], step: int) -> None:
+        from rl.visualize import GRID_ROWS, prediction_grid
+
+        rows = self.rows[:GRID_ROWS]
+        image = prediction_grid([r.image for r in rows], answers[:len(rows)], [r.answer for r in rows],
+                                [r.extent for r in rows])
+        self.scalars.image("predictions", image, step)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.before = self._run(state.global_step, "before")
         self.scalars.restart_clock()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.scalars.end_progress()  # the evaluation's lines print below a finished bar
         self.after = self._run(state.global_step, "after")
 
 class Scalars(TrainerCallback):
-    """TensorBoard scalars under sft/ and one printed line per log step (rank 0 only)."""
+    """TensorBoard scalars (and the grounding evaluation's images) under sft/, one printed line per log step
+    and a progress bar with its ETA (`rl.progress`: plain lines in a log), on rank 0 only."""
 
     TAGS = {"loss": "loss", "eval_loss": "eval_loss", "learning_rate": "lr", "grad_norm": "grad_norm",
             "mean_token_accuracy": "token_accuracy", "eval_mean_token_accuracy": "eval_token_accuracy"}
@@ -69,21 +85,38 @@ class Scalars(TrainerCallback):
     def __init__(self, log_dir: Path, main: bool) -> None:
         self.log_dir, self.main = log_dir, main
         self.writer: Any = None
+        self.progress: Progress | None = None
         self.busy = self.window_busy = 0.0  # seconds inside training steps (incl. data loading)
         self.samples = self.window_samples = 0
         self.mark = time.perf_counter()
 
-    def _write(self, tag: str, value: float, step: int) -> None:
-        if not self.main:
-            return
+    def _tensorboard(self) -> Any:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.log_dir))
-        self.writer.add_scalar(f"sft/{tag}", value, step)
+        return self.writer
+
+    def _write(self, tag: str, value: float, step: int) -> None:
+        if self.main:
+            self._tensorboard().add_scalar(f"sft/{tag}", value, step)
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """A PIL image under sft/`tag` (rank 0 only)."""
+        if self.main:
+            self._tensorboard().add_image(f"sft/{tag}", np.asarray(image), step, dataformats="HWC")
 
     def restart_clock(self) -> None:
         self.mark = time.perf_counter()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.main:  # after GroundingEval's first evaluation (the callbacks run in order)
+            self.progress = Progress(state.max_steps, "sft", initial=state.global_step)
+
+    def end_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+            self.progress = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = time.perf_counter()
@@ -93,6 +126,8 @@ class Scalars(TrainerCallback):
         self.samples += batch
         self.window_samples += batch
         self.mark = now
+        if self.progress is not None:
+            self.progress.update(1)
 
     # Evaluation and checkpoint saves run between steps: keep them out of the throughput.
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -119,8 +154,10 @@ class Scalars(TrainerCallback):
             parts = [f"loss {logs['loss']:.4f}", f"lr {logs.get('learning_rate', 0):.2e}", f"{rate:.1f} samples/s"]
         if "eval_loss" in logs:
             parts.append(f"eval_loss {logs['eval_loss']:.4f}")
-        if parts and self.main:
-            print(f"sft step {step}/{state.max_steps}  " + "  ".join(parts), flush=True)
+        if parts and self.progress is not None:  # rank 0, while training
+            if "loss" in logs:
+                self.progress.update(0, loss=float(logs["loss"]))
+            self.progress.write(f"sft step {step}/{state.max_steps}  " + "  ".join(parts))
         self.restart_clock()
 
     def val_metrics(self, step: int, when: str, metrics: dict[str, float], rows: int) -> None:
@@ -134,6 +171,7 @@ class Scalars(TrainerCallback):
                   f"{metrics['image_reliance']:+.3f})", flush=True)
 
     def close(self) -> None:
+        self.end_progress()
         if self.writer is not None:
             self.writer.close()
 

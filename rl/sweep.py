@@ -29,6 +29,7 @@ from rl.config import Config, ConfigError, load_config
 from rl.data import DatasetError, split_path
 from rl.evaluate import HEADLINE, evaluate_split, write_evaluation
 from rl.plots import plot_final_metrics, plot_reward_curves, read_scalars
+from rl.progress import Progress
 from rl.report import summarize, write_report, write_results_csv
 from rl.sweep_spec import Run, SweepError, SweepSpec, eval_overrides, expand, load_spec, validate
 
@@ -101,20 +102,23 @@ def run_ray_job(spec: SweepSpec, run: Run, poll_s: float = 5.0) -> None:
 
 def train_all(spec: SweepSpec, configs: dict[Run, Config], run_fn: RunFn, log: Callable[[str], Any] = print
               ) -> None:
-    """Every unfinished run in order; a failure is written to the run's error.txt and the next run starts."""
-    for i, (run, cfg) in enumerate(configs.items(), 1):
-        tag = f"[{i}/{len(configs)}] {run.variant} seed {run.seed}"
-        if is_done(run):
-            log(f"{tag}: finished earlier, skipped")
-            continue
-        run.dir.mkdir(parents=True, exist_ok=True)
-        log(f"{tag}: training ({' '.join(run.overrides)})")
-        try:
-            run_fn(spec, run)
-            mark_done(run, cfg)
-        except Exception:  # any failure of one run: report it, go on with the others
-            (run.dir / ERROR).write_text(traceback.format_exc())
-            log(f"{tag}: FAILED, see {run.dir / ERROR}")
+    """Every unfinished run in order; a failure is written to the run's error.txt and the next run starts.
+    Progress (`rl.progress`) counts the unfinished runs: the ETA is the time per run trained now."""
+    with Progress(sum(not is_done(run) for run in configs), "sweep runs", log=log) as bar:
+        for i, (run, cfg) in enumerate(configs.items(), 1):
+            tag = f"[{i}/{len(configs)}] {run.variant} seed {run.seed}"
+            if is_done(run):
+                bar.write(f"{tag}: finished earlier, skipped")
+                continue
+            run.dir.mkdir(parents=True, exist_ok=True)
+            bar.write(f"{tag}: training ({' '.join(run.overrides)})")
+            try:
+                run_fn(spec, run)
+                mark_done(run, cfg)
+            except Exception:  # any failure of one run: report it, go on with the others
+                (run.dir / ERROR).write_text(traceback.format_exc())
+                bar.write(f"{tag}: FAILED, see {run.dir / ERROR}")
+            bar.update(1)
 
 
 # ------------------------------------------------------------------ evaluation and report
@@ -180,9 +184,11 @@ def evaluate_all(spec: SweepSpec, runs: Sequence[Run], log: Callable[[str], Any]
     """One record per run (finished or not) for results.csv; an evaluation that fails marks its run."""
     base = load_config(spec.base, [*spec.overrides, *eval_overrides(spec)])
     pools, records = PoolCache(), []
+    bar = Progress(len(runs) + spec.evaluation.include_start, "sweep evaluations", log=log)
     try:
         if spec.evaluation.include_start:
             records.append(evaluate_start(spec, base, pools))
+            bar.update(1)
         for version, run in enumerate(runs, 1):
             record: dict[str, Any] = {"variant": run.variant, "seed": run.seed, "status": status(run)}
             if record["status"] == "done":
@@ -192,9 +198,11 @@ def evaluate_all(spec: SweepSpec, runs: Sequence[Run], log: Callable[[str], Any]
                 except Exception:  # report it in the table, evaluate the rest
                     (run.dir / "eval-error.txt").write_text(traceback.format_exc())
                     record["status"] = "eval failed"
-            log(f"evaluated {run.variant} seed {run.seed}: {record['status']}")
+            bar.update(1)
+            bar.write(f"evaluated {run.variant} seed {run.seed}: {record['status']}")
             records.append(record)
     finally:
+        bar.close()
         pools.close()
     return records
 

@@ -14,6 +14,7 @@ first and after the last step.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import time
 import uuid
@@ -38,6 +39,7 @@ from rl.evaluate import evaluate_rows, evaluate_sampled
 from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
 from rl.grpo import dynamic_sampling_mask, group_advantages
 from rl.platform import get_platform
+from rl.progress import Progress
 
 
 @dataclass
@@ -91,7 +93,7 @@ class GRPOTrainer:
                                cfg.weight_sync.timeout_s, self.platform, host=cfg.cluster.host,
                                peers=list(zip(self.learners.labels[1:], self.learners.actors[1:], strict=True)),
                                transport=cfg.weight_sync.transport, shm_dir=cfg.weight_sync.shm_dir,
-                               backend="gloo" if cfg.cluster.colocate else None)
+                               backend="gloo" if cfg.cluster.colocate else None, owner=sync_owner(cfg))
         self.restarts = RestartBudget(cfg.reliability)
         self.nonfinite = NonFiniteGuard(cfg.reliability.max_nonfinite_steps)
         self.chaos = Chaos(cfg.chaos)
@@ -111,14 +113,13 @@ class GRPOTrainer:
 
     def run(self, log: Any = print) -> dict[str, dict[str, float]]:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         writer = SummaryWriter(self.cfg.logging.dir)
         held_out = f"{len(self.val_rows)} {self.cfg.data.val_split} rows"
         before = self.evaluate()
         if before:
             log(_table(f"held-out before GRPO ({held_out})", before))
-        bar = tqdm(total=self.cfg.grpo.num_steps, initial=self.step, desc="grpo", dynamic_ncols=True)
+        bar = Progress(self.cfg.grpo.num_steps, "grpo", initial=self.step)
         while self.step < self.cfg.grpo.num_steps:
             try:
                 metrics = self.train_step()
@@ -129,8 +130,7 @@ class GRPOTrainer:
             write_scalars(writer, metrics, self.step)
             if self.cfg.logging.image_every and self.step % self.cfg.logging.image_every == 0:
                 self._log_images(writer)
-            bar.set_postfix(reward=f"{metrics['reward/total/mean']:.3f}")
-            bar.update(1)
+            bar.update(1, reward=metrics["reward/total/mean"])
             if self.step % self.cfg.logging.log_every == 0:
                 bar.write(_line(self.step, metrics))
             if self.cfg.checkpoint.every and self.step % self.cfg.checkpoint.every == 0:
@@ -358,6 +358,7 @@ class GRPOTrainer:
         for part in (self.pool, self.learners, self.rewards):
             part.shutdown()
         self.placement.remove()
+        self.sync.remove_files()  # a learner killed before its first sync ended leaves its slots
 
     # ------------------------------------------------------------------ metrics
 
@@ -385,9 +386,9 @@ class GRPOTrainer:
         return out
 
     def _log_images(self, writer: Any) -> None:
-        from rl.visualize import prediction_grid
+        from rl.visualize import GRID_ROWS, prediction_grid
 
-        rows = self.val_rows[:8]
+        rows = self.val_rows[:GRID_ROWS]
         if not rows:  # grpo.eval_rows=0: nothing held out to draw
             return
         results, _ = self.pool.generate(rows, n=1, greedy=True)
@@ -413,6 +414,12 @@ def _table(title: str, metrics: dict[str, float], before: dict[str, float] | Non
             cells.append(f"{metrics[key]:.3f}{delta:9s}")
         lines.append(f"  {k:18s} " + "   ".join(cells))
     return "\n".join(lines)
+
+
+def sync_owner(cfg: Config) -> str:
+    """The run's name in its weight-sync shared-memory files: from its checkpoint folder, so the run's next
+    start (a resume) finds what a killed learner of it left, and only that."""
+    return hashlib.sha256(str(Path(cfg.checkpoint.dir).resolve()).encode()).hexdigest()[:16]
 
 
 def write_scalars(writer: Any, metrics: dict[str, float], step: int) -> None:

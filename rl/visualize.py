@@ -42,6 +42,9 @@ def grid(images: Sequence[Image.Image], columns: int = 4) -> Image.Image:
     return canvas
 
 
+GRID_ROWS = 8  # rows drawn in the TensorBoard prediction grids of GRPO and SFT (two rows of four)
+
+
 def prediction_grid(paths: Sequence[str | Path], predictions: Sequence[str], references: Sequence[str],
                     extents: Sequence[tuple[float, float]], columns: int = 4) -> Image.Image:
     """One `draw` tile per image (its answers' frame extent from `extents`), in a grid."""

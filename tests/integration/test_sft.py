@@ -50,6 +50,9 @@ def test_tensorboard_has_the_sft_scalars(sft_run):
     assert {"sft/loss", "sft/eval_loss", "sft/lr", "sft/samples_per_s", "sft/val/ap50", "sft/val/mean_iou_matched",
             "sft/val/reward/giou", "sft/val/image_reliance"} <= tags
     assert [e.step for e in events.Scalars("sft/val/ap50")] == [0, cfg.sft.num_steps]  # before and after
+    # The val answers drawn over their images, as GRPO draws its predictions.
+    assert events.Tags()["images"] == ["sft/predictions"]
+    assert [e.step for e in events.Images("sft/predictions")] == [0, cfg.sft.num_steps]
     losses = [e.value for e in events.Scalars("sft/loss")]
     assert losses[-1] < losses[0] / 3
 

@@ -59,7 +59,8 @@ def test_dtype_and_engine_memory_follow_the_platform():
 
 def test_actor_env_sets_the_engines_platform():
     assert get_platform("cpu").actor_env()["DS_ACCELERATOR"] == "cpu"
-    assert get_platform("cuda").actor_env() == {"DS_ACCELERATOR": "cuda", "VLLM_TARGET_DEVICE": "cuda"}
+    assert get_platform("cuda").actor_env() == {"DS_ACCELERATOR": "cuda", "VLLM_TARGET_DEVICE": "cuda",
+                                                "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     assert get_platform("rocm").actor_env()["VLLM_TARGET_DEVICE"] == "rocm"
 
 

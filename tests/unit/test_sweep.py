@@ -123,6 +123,10 @@ def test_finished_runs_are_skipped_and_broken_ones_reported(tmp_path):
     assert "learner died" in (runs[1].dir / ERROR).read_text()
     assert json.loads((runs[0].dir / DONE).read_text())["step"] == 2
     assert any("FAILED" in line for line in lines)
+    # A log line per run event, each with the sweep's ETA (none before a run finished), and a last count.
+    assert lines[0].startswith("[1/4] a seed 0: training (") and lines[0].endswith("  ETA --:--")
+    assert lines[1].startswith("[2/4] a seed 1: training (") and "ETA --:--" not in lines[1]
+    assert lines[-1].startswith("sweep runs 4/4 in ")
     calls.clear()
     train_all(spec, configs, fake_training(set(), calls), lines.append)  # the sweep run again
     assert calls == [("a", 1)]  # only the run that had not finished

@@ -123,6 +123,17 @@ def test_an_unwritable_checkpoint_folder_is_named(tmp_path):
         checkpoint.save(tmp_path / "taken", 1, _write_model, {"step": 1}, keep_last=1)
 
 
+def test_a_run_names_its_weight_sync_files_after_its_checkpoint_folder(tmp_path, monkeypatch):
+    """The same run (a resume, also from another working directory) finds its files; another run does not."""
+    from rl.trainer import sync_owner
+
+    run = load_config(overrides=[f"checkpoint.dir={tmp_path / 'a'}"])
+    monkeypatch.chdir(tmp_path)
+    assert sync_owner(run) == sync_owner(load_config(overrides=["checkpoint.dir=a"]))
+    assert sync_owner(run) != sync_owner(load_config(overrides=[f"checkpoint.dir={tmp_path / 'b'}"]))
+    assert sync_owner(run).isalnum() and len(sync_owner(run)) == 16
+
+
 def test_prompt_order_is_seeded_covers_each_epoch_and_resumes_exactly():
     order = PromptOrder(5, seed=3)
     first = order.take(3) + order.take(3)  # crosses into epoch 1
@@ -180,20 +191,29 @@ def test_drawing_puts_reference_and_prediction_boxes_on_the_image():
 
 def test_a_full_disk_under_the_logs_stops_the_run_naming_the_folder(tmp_path):
     """A real write error: the file-size limit (RLIMIT_FSIZE, EFBIG past 4 KB) in a child process, where
-    TensorBoard's writer thread hits it; `write_scalars` surfaces it with the folder named."""
+    TensorBoard's writer thread hits it; `write_scalars` surfaces it with the folder named. The child prints
+    the error it caught on stdout: on stderr the writer thread's own report of the same error ("Exception in
+    thread ...") races the main thread's, and their lines interleave as the threads are scheduled."""
     import subprocess
     import sys
 
     script = f"""
-import resource, signal
+import resource, signal, sys
 from torch.utils.tensorboard import SummaryWriter
 from rl.trainer import write_scalars
 writer = SummaryWriter({str(tmp_path / "runs")!r})
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-for step in range(1, 200):
-    write_scalars(writer, {{f"metric/{{k}}": float(k) for k in range(20)}}, step)
+try:
+    for step in range(1, 200):
+        write_scalars(writer, {{f"metric/{{k}}": float(k) for k in range(20)}}, step)
+except OSError as exc:
+    print(step, type(exc).__name__, exc, sep="\\n", flush=True)
+    sys.exit(3)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    assert f"OSError: [Errno 27] could not write TensorBoard logs to {tmp_path / 'runs'}: File too large" in done.stderr
+    assert done.returncode == 3, done.stderr
+    step, kind, message = done.stdout.splitlines()
+    assert (kind, message) == ("OSError", f"[Errno 27] could not write TensorBoard logs to {tmp_path / 'runs'}: "
+                                          "File too large")
+    assert int(step) < 20  # a step's 20 scalars are about 1 KB: past the 4 KB limit within a few steps

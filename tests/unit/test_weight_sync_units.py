@@ -202,3 +202,45 @@ def test_a_checksum_mismatch_after_sync_names_the_engine_and_the_tensors():
         verify_checksums(sent, [{"b.w": sent["b.w"]}, good], ["rollout-0", "rollout-1"])  # one never arrived
     with pytest.raises(WeightSyncError, match=r"rollout-0: 0 tensors differ .*, 1 not sent \(first: \['c.w'\]\)"):
         verify_checksums(sent, [{**good, "c.w": "x"}, good], ["rollout-0", "rollout-1"])
+
+
+def test_a_killed_learners_files_go_at_the_next_start_of_its_run_and_nothing_else(tmp_path):
+    """A learner SIGKILLed after making its slots, before its first sync ended (a real kill of a child
+    process), leaves its probe and slots. The run's next sender removes them as it starts, the driver's
+    `remove_files` what the run still has there; another run's files, links and other names stay."""
+    import signal
+    import subprocess
+    import sys
+
+    from actors.sync_transport import remove_owned
+    from actors.weight_sync import WeightSender, WeightSync
+    from rl.platform import get_platform
+
+    code = (
+        "import os, signal\n"
+        "from actors.sync_transport import SharedSlots\n"
+        "from actors.weight_sync import WeightSender\n"
+        f"sender = WeightSender('127.0.0.1', 2, 'gloo', 30, 'cpu', shm_dir={str(tmp_path)!r}, owner='run1')\n"
+        "SharedSlots(sender.probe.slots_path, 1 << 16, create=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert [n.rsplit(".", 1)[1] for n in left] == ["probe", "slots"], left
+    assert all(n.startswith("ggrpo-sync-run1-") for n in left), left
+
+    others = ["ggrpo-sync-run2-abc.slots", "ggrpo-sync-run1x-abc.slots", "ggrpo-sync-run1-abc.txt", "mine.slots"]
+    for name in others:
+        (tmp_path / name).write_text("not the run's")
+    (tmp_path / "ggrpo-sync-run1-link.slots").symlink_to(tmp_path / "mine.slots")
+    others.append("ggrpo-sync-run1-link.slots")
+
+    sender = WeightSender("127.0.0.1", 2, "gloo", timeout_s=30, device="cpu", shm_dir=str(tmp_path), owner="run1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, sender.probe.path.name])
+    sync = WeightSync(None, "learner-0", None, 1, 30, get_platform("cpu"), shm_dir=str(tmp_path), owner="run1")
+    assert sync.remove_files() == [sender.probe.path.name]  # the driver, after a learner died mid-start
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
+    assert (tmp_path / "mine.slots").read_text() == "not the run's"
+    with pytest.raises(ValueError, match=r"owner 'run1-\*': letters and digits only"):
+        remove_owned(tmp_path, "run1-*")
