@@ -153,10 +153,12 @@ def _keys(cfg: Config, plan: Layout) -> str:
             f"cluster.reward_workers={cfg.cluster.reward_workers} x 1 CPU")
 
 
-def check_machine(cfg: Config, platform: Platform, cores: int) -> Layout:
-    """Check the layout of a local cluster against this machine's `cores`, before Ray starts: at most
-    `LOCAL_CPUS_PER_CORE` reserved CPUs per core, counting the one `connect` adds for the driver.
-    Raises `PlacementError` naming the keys and the numbers."""
+def check_machine(cfg: Config, platform: Platform, cores: int, memory_bytes: int) -> Layout:
+    """Check the layout of a local cluster against this machine's `cores` and `memory_bytes`, before Ray
+    starts: at most `LOCAL_CPUS_PER_CORE` reserved CPUs per core, counting the one `connect` adds for the
+    driver; on CPU, the engines' KV caches (allocated up front, in host memory) within the memory, a lower
+    bound on what the run needs since the weights come on top. Raises `PlacementError` naming the keys
+    and the numbers."""
     plan = layout(cfg, platform)
     need, limit = plan.total()["CPU"] + 1, LOCAL_CPUS_PER_CORE * cores
     if need > limit:
@@ -164,6 +166,14 @@ def check_machine(cfg: Config, platform: Platform, cores: int) -> Layout:
             f"this machine cannot hold this layout: it reserves {need:g} CPUs ({_keys(cfg, plan)}, + 1 for the "
             f"driver), more than {LOCAL_CPUS_PER_CORE} per core on this machine's {cores} cores ({limit}); "
             "lower those keys, or give a Ray cluster (cluster.address)")
+    r = cfg.rollout
+    kv_bytes = r.num_workers * r.kv_cache_memory_mb * 2**20
+    if not platform.has_accelerator and kv_bytes > memory_bytes:
+        raise PlacementError(
+            f"this machine cannot hold this layout: its engines' KV caches take {kv_bytes / 2**30:.1f} GiB "
+            f"(rollout.num_workers={r.num_workers} x rollout.kv_cache_memory_mb={r.kv_cache_memory_mb}), more "
+            f"than this machine's {memory_bytes / 2**30:.1f} GiB of memory; lower those keys, or give a Ray "
+            "cluster (cluster.address)")
     return plan
 
 

@@ -26,11 +26,22 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's (cgroup v2 `memory.max`)
+    where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
 def check_local_layout(cfg: Config, platform: Platform) -> None:
-    """Without a cluster address the cluster is this machine: its layout must fit the machine's cores
-    (`actors.placement.check_machine`). A real cluster is checked against `ray.nodes()` once joined."""
+    """Without a cluster address the cluster is this machine: its layout must fit the machine's cores and
+    memory (`actors.placement.check_machine`). A real cluster is checked against `ray.nodes()` once joined."""
     if not _address(cfg):
-        check_machine(cfg, platform, machine_cores())
+        check_machine(cfg, platform, machine_cores(), machine_memory())
 
 
 def connect(cfg: Config, platform: Platform) -> bool:

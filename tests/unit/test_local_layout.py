@@ -3,6 +3,7 @@ before Ray starts, naming the keys and the numbers; the demo's layouts stay lega
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -15,24 +16,42 @@ from rl.platform import get_platform
 
 CPU = get_platform("cpu")
 REPO = Path(__file__).resolve().parents[2]
+GIB = 2**30  # the demo's one engine takes 256 MB of KV cache
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
 @pytest.mark.parametrize("cores", [1, 2])
 def test_the_demo_layouts_fit_small_machines(name: str, cores: int) -> None:
-    plan = check_machine(load_config(REPO / "conf" / name), CPU, cores)
+    plan = check_machine(load_config(REPO / "conf" / name), CPU, cores, GIB)
     assert plan.total() == {"CPU": 3.0}  # learner, engine, reward actor; + 1 for the driver = 4 per core at 1 core
 
 
 def test_an_impossible_layout_names_the_keys_and_the_numbers() -> None:
     cfg = load_config(overrides=["rollout.num_workers=100"])
     with pytest.raises(PlacementError) as err:
-        check_machine(cfg, CPU, cores=2)
+        check_machine(cfg, CPU, cores=2, memory_bytes=GIB)
     assert str(err.value) == (
         "this machine cannot hold this layout: it reserves 103 CPUs (learner.num_learners=1 x {'CPU': 1.0} "
         "(learner.cpus_per_learner=1), rollout.num_workers=100 x {'CPU': 1.0}, cluster.reward_workers=1 x 1 CPU, "
         "+ 1 for the driver), more than 4 per core on this machine's 2 cores (8); lower those keys, or give a "
         "Ray cluster (cluster.address)")
+
+
+def test_cpu_engines_kv_caches_must_fit_the_machines_memory() -> None:
+    cfg = load_config(overrides=["rollout.kv_cache_memory_mb=3072"])
+    with pytest.raises(PlacementError) as err:
+        check_machine(cfg, CPU, cores=2, memory_bytes=2 * GIB)
+    assert str(err.value) == (
+        "this machine cannot hold this layout: its engines' KV caches take 3.0 GiB (rollout.num_workers=1 x "
+        "rollout.kv_cache_memory_mb=3072), more than this machine's 2.0 GiB of memory; lower those keys, or give "
+        "a Ray cluster (cluster.address)")
+    assert check_machine(cfg, CPU, cores=2, memory_bytes=4 * GIB).total() == {"CPU": 3.0}
+    # On an accelerator the KV cache lives in device memory (rollout.gpu_memory_utilization), not here.
+    assert check_machine(cfg, get_platform("cuda"), cores=2, memory_bytes=2 * GIB)
+
+
+def test_machine_memory_is_this_machines() -> None:
+    assert 2**28 < cluster.machine_memory() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @pytest.mark.parametrize(("overrides", "need"), [
@@ -43,8 +62,8 @@ def test_the_limit_is_four_reserved_cpus_per_core(overrides: list[str], need: in
     cores = need // LOCAL_CPUS_PER_CORE  # one core short of need
     with pytest.raises(PlacementError, match=rf"it reserves {need} CPUs .* on this machine's {cores} cores "
                                               rf"\({LOCAL_CPUS_PER_CORE * cores}\)"):
-        check_machine(cfg, CPU, cores)
-    assert check_machine(cfg, CPU, cores + 1).total()["CPU"] == need - 1
+        check_machine(cfg, CPU, cores, GIB)
+    assert check_machine(cfg, CPU, cores + 1, GIB).total()["CPU"] == need - 1
 
 
 def test_connect_refuses_before_ray_starts(monkeypatch: pytest.MonkeyPatch) -> None:
