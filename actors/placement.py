@@ -153,12 +153,12 @@ def _keys(cfg: Config, plan: Layout) -> str:
             f"cluster.reward_workers={cfg.cluster.reward_workers} x 1 CPU")
 
 
-def check_machine(cfg: Config, platform: Platform, cores: int, memory_bytes: int) -> Layout:
-    """Check the layout of a local cluster against this machine's `cores` and `memory_bytes`, before Ray
-    starts: at most `LOCAL_CPUS_PER_CORE` reserved CPUs per core, counting the one `connect` adds for the
-    driver; on CPU, the engines' KV caches (allocated up front, in host memory) within the memory, a lower
-    bound on what the run needs since the weights come on top. Raises `PlacementError` naming the keys
-    and the numbers."""
+def check_machine(cfg: Config, platform: Platform, cores: int, memory_bytes: int, gpus: int) -> Layout:
+    """Check the layout of a local cluster against this machine's `cores`, `memory_bytes` and `gpus`, before
+    Ray starts: at most `LOCAL_CPUS_PER_CORE` reserved CPUs per core, counting the one `connect` adds for the
+    driver; on accelerators, the GPUs the layout takes; on CPU, the engines' KV caches (allocated up front,
+    in host memory) within the memory, a lower bound on what the run needs since the weights come on top.
+    Raises `PlacementError` naming the keys and the numbers."""
     plan = layout(cfg, platform)
     need, limit = plan.total()["CPU"] + 1, LOCAL_CPUS_PER_CORE * cores
     if need > limit:
@@ -167,6 +167,12 @@ def check_machine(cfg: Config, platform: Platform, cores: int, memory_bytes: int
             f"driver), more than {LOCAL_CPUS_PER_CORE} per core on this machine's {cores} cores ({limit}); "
             "lower those keys, or give a Ray cluster (cluster.address)")
     r = cfg.rollout
+    if platform.has_accelerator and cfg.gpus_needed() > gpus:
+        raise PlacementError(
+            f"this machine cannot hold this layout: it takes {cfg.gpus_needed()} GPUs (learner.num_learners="
+            f"{cfg.learner.num_learners} + rollout.num_workers={r.num_workers} x rollout.tensor_parallel_size="
+            f"{r.tensor_parallel_size}, cluster.colocate={cfg.cluster.colocate}), this machine has {gpus}; lower "
+            "those keys, or give a Ray cluster (cluster.address)")
     kv_bytes = r.num_workers * r.kv_cache_memory_mb * 2**20
     if not platform.has_accelerator and kv_bytes > memory_bytes:
         raise PlacementError(

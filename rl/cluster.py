@@ -37,11 +37,21 @@ def machine_memory() -> int:
     return min(total, int(limit)) if limit.isdigit() else total
 
 
+def machine_gpus(platform: Platform) -> int:
+    """Accelerators this process sees (CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES applied); 0 on CPU."""
+    if not platform.has_accelerator:
+        return 0
+    import torch
+
+    return torch.cuda.device_count()  # ROCm's torch answers through the same API
+
+
 def check_local_layout(cfg: Config, platform: Platform) -> None:
-    """Without a cluster address the cluster is this machine: its layout must fit the machine's cores and
-    memory (`actors.placement.check_machine`). A real cluster is checked against `ray.nodes()` once joined."""
+    """Without a cluster address the cluster is this machine: its layout must fit the machine's cores,
+    memory and GPUs (`actors.placement.check_machine`). A real cluster is checked against `ray.nodes()`
+    once joined."""
     if not _address(cfg):
-        check_machine(cfg, platform, machine_cores(), machine_memory())
+        check_machine(cfg, platform, machine_cores(), machine_memory(), machine_gpus(platform))
 
 
 def connect(cfg: Config, platform: Platform) -> bool:

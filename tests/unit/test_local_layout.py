@@ -22,14 +22,14 @@ GIB = 2**30  # the demo's one engine takes 256 MB of KV cache
 @pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml"])
 @pytest.mark.parametrize("cores", [1, 2])
 def test_the_demo_layouts_fit_small_machines(name: str, cores: int) -> None:
-    plan = check_machine(load_config(REPO / "conf" / name), CPU, cores, GIB)
+    plan = check_machine(load_config(REPO / "conf" / name), CPU, cores, GIB, 0)
     assert plan.total() == {"CPU": 3.0}  # learner, engine, reward actor; + 1 for the driver = 4 per core at 1 core
 
 
 def test_an_impossible_layout_names_the_keys_and_the_numbers() -> None:
     cfg = load_config(overrides=["rollout.num_workers=100"])
     with pytest.raises(PlacementError) as err:
-        check_machine(cfg, CPU, cores=2, memory_bytes=GIB)
+        check_machine(cfg, CPU, cores=2, memory_bytes=GIB, gpus=0)
     assert str(err.value) == (
         "this machine cannot hold this layout: it reserves 103 CPUs (learner.num_learners=1 x {'CPU': 1.0} "
         "(learner.cpus_per_learner=1), rollout.num_workers=100 x {'CPU': 1.0}, cluster.reward_workers=1 x 1 CPU, "
@@ -40,14 +40,27 @@ def test_an_impossible_layout_names_the_keys_and_the_numbers() -> None:
 def test_cpu_engines_kv_caches_must_fit_the_machines_memory() -> None:
     cfg = load_config(overrides=["rollout.kv_cache_memory_mb=3072"])
     with pytest.raises(PlacementError) as err:
-        check_machine(cfg, CPU, cores=2, memory_bytes=2 * GIB)
+        check_machine(cfg, CPU, cores=2, memory_bytes=2 * GIB, gpus=0)
     assert str(err.value) == (
         "this machine cannot hold this layout: its engines' KV caches take 3.0 GiB (rollout.num_workers=1 x "
         "rollout.kv_cache_memory_mb=3072), more than this machine's 2.0 GiB of memory; lower those keys, or give "
         "a Ray cluster (cluster.address)")
-    assert check_machine(cfg, CPU, cores=2, memory_bytes=4 * GIB).total() == {"CPU": 3.0}
+    assert check_machine(cfg, CPU, cores=2, memory_bytes=4 * GIB, gpus=0).total() == {"CPU": 3.0}
     # On an accelerator the KV cache lives in device memory (rollout.gpu_memory_utilization), not here.
-    assert check_machine(cfg, get_platform("cuda"), cores=2, memory_bytes=2 * GIB)
+    assert check_machine(cfg, get_platform("cuda"), cores=2, memory_bytes=2 * GIB, gpus=2)
+
+
+def test_an_accelerator_layout_needs_its_gpus_on_this_machine() -> None:
+    cfg = load_config(overrides=["learner.num_learners=2", "rollout.num_workers=2", "rollout.tensor_parallel_size=2"])
+    cuda = get_platform("cuda")
+    with pytest.raises(PlacementError) as err:
+        check_machine(cfg, cuda, cores=16, memory_bytes=64 * GIB, gpus=4)
+    assert str(err.value) == (
+        "this machine cannot hold this layout: it takes 6 GPUs (learner.num_learners=2 + rollout.num_workers=2 x "
+        "rollout.tensor_parallel_size=2, cluster.colocate=False), this machine has 4; lower those keys, or give a "
+        "Ray cluster (cluster.address)")
+    assert check_machine(cfg, cuda, cores=16, memory_bytes=64 * GIB, gpus=6)
+    assert cluster.machine_gpus(CPU) == 0
 
 
 def test_machine_memory_is_this_machines() -> None:
@@ -62,8 +75,8 @@ def test_the_limit_is_four_reserved_cpus_per_core(overrides: list[str], need: in
     cores = need // LOCAL_CPUS_PER_CORE  # one core short of need
     with pytest.raises(PlacementError, match=rf"it reserves {need} CPUs .* on this machine's {cores} cores "
                                               rf"\({LOCAL_CPUS_PER_CORE * cores}\)"):
-        check_machine(cfg, CPU, cores, GIB)
-    assert check_machine(cfg, CPU, cores + 1, GIB).total()["CPU"] == need - 1
+        check_machine(cfg, CPU, cores, GIB, 0)
+    assert check_machine(cfg, CPU, cores + 1, GIB, 0).total()["CPU"] == need - 1
 
 
 def test_connect_refuses_before_ray_starts(monkeypatch: pytest.MonkeyPatch) -> None:
