@@ -53,6 +53,7 @@ def test_learner_then_driver_killed_midway_resume_to_the_same_weights(reference,
     deadline = time.monotonic() + 600
     while not (partial / "model").exists() and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert driver.poll() is None, f"the driver ended before writing checkpoint 3:\n{driver.stdout.read()[-4000:]}"
     os.killpg(driver.pid, signal.SIGKILL)
     output = driver.communicate()[0]
     assert "resumed from" in output and "step-000002" in output, output[-3000:]
