@@ -92,3 +92,17 @@ def write_vlmr1(folder: Path) -> Path:
     path = folder / "rec.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def converted_dataset(data: Path, coco_split: str, rec_split: str) -> Path:
+    """`data` holding `{coco_split}.jsonl` and `{rec_split}.jsonl`: the COCO set and the VLM-R1 jsonl above,
+    written there and converted by `python -m rl.data convert` (the REC boxes in Qwen2.5-VL-resized pixels)."""
+    from rl.data import main as data_main
+
+    coco, rec = write_coco(data / "coco"), write_vlmr1(data / "rec")
+    assert data_main(["convert", "coco", str(coco), "--images", str(data / "coco" / "images"),
+                      "--out", str(data / f"{coco_split}.jsonl")]) == 0
+    assert data_main(["convert", "refcoco", str(rec), "--images", str(data / "rec" / "images"), "--out",
+                      str(data / f"{rec_split}.jsonl"), "--pixel-frame", "qwen25-resized", "--min-pixels",
+                      str(REC_MIN_PIXELS), "--max-pixels", str(REC_MAX_PIXELS)]) == 0
+    return data

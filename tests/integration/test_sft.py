@@ -159,15 +159,9 @@ def test_sft_trains_on_converted_coco_and_vlmr1_data(tmp_path, tiny_model_dir):
     the tests and converted by `python -m rl.data convert`, go through the real SFT: train on the COCO rows,
     the grounding evaluation answers the REC rows."""
     from rl.data import main as data_main
-    from tests.foreign_data import REC_MAX_PIXELS, REC_MIN_PIXELS, write_coco, write_vlmr1
+    from tests.foreign_data import converted_dataset
 
-    data = tmp_path / "data"
-    coco, rec = write_coco(data / "coco"), write_vlmr1(data / "rec")
-    assert data_main(["convert", "coco", str(coco), "--images", str(data / "coco" / "images"),
-                      "--out", str(data / "train.jsonl")]) == 0
-    assert data_main(["convert", "refcoco", str(rec), "--images", str(data / "rec" / "images"), "--out",
-                      str(data / "val.jsonl"), "--pixel-frame", "qwen25-resized", "--min-pixels", str(REC_MIN_PIXELS),
-                      "--max-pixels", str(REC_MAX_PIXELS)]) == 0
+    data = converted_dataset(tmp_path / "data", coco_split="train", rec_split="val")
     assert data_main(["check", str(data / "train.jsonl"), str(data / "val.jsonl")]) == 0
     overrides = [*_overrides(tmp_path, tiny_model_dir, data, num_steps=2, micro_batch_size=3, eval_every=0,
                              grounding_eval_rows=2, eval_batch_size=2, warmup_steps=0), "data.synthetic=null"]

@@ -301,17 +301,10 @@ def test_grpo_trains_on_converted_coco_and_vlmr1_data(ray_cluster, tiny_model_di
     """Issue 22: GRPO steps on rows `python -m rl.data convert` made from a VLM-R1 REC jsonl with boxes in
     Qwen2.5-VL-resized pixels (train) and a COCO json (val), both written by the tests; the SFT test trains on
     the COCO rows, so each format is trained from once."""
-    from rl.data import main as data_main
     from rl.trainer import run_grpo
-    from tests.foreign_data import REC_MAX_PIXELS, REC_MIN_PIXELS, write_coco, write_vlmr1
+    from tests.foreign_data import converted_dataset
 
-    data = tmp_path / "data"
-    coco, rec = write_coco(data / "coco"), write_vlmr1(data / "rec")
-    assert data_main(["convert", "coco", str(coco), "--images", str(data / "coco" / "images"),
-                      "--out", str(data / "val.jsonl")]) == 0
-    assert data_main(["convert", "refcoco", str(rec), "--images", str(data / "rec" / "images"), "--out",
-                      str(data / "train.jsonl"), "--pixel-frame", "qwen25-resized", "--min-pixels", str(REC_MIN_PIXELS),
-                      "--max-pixels", str(REC_MAX_PIXELS)]) == 0
+    data = converted_dataset(tmp_path / "data", coco_split="val", rec_split="train")
     small = [o for o in SMALL if not o.startswith("data.")]
     cfg = load_config(overrides=[*small, f"data.path={data}", "data.synthetic=null", "grpo.num_steps=2",
                                  f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path / 'runs'}"])
