@@ -43,21 +43,26 @@ def test_learner_then_driver_killed_midway_resume_to_the_same_weights(reference,
         first.trainer.shutdown()
     assert [p.name for p in checkpoint.complete(ckpt)] == ["step-000001", "step-000002"]
 
-    # 2. The driver resumes from step 2 and is SIGKILLed while it writes checkpoint 3.
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    # 2. The driver resumes from step 2 and is SIGKILLed while it writes checkpoint 3 (its weights are on disk,
+    #    the state and manifest not yet): the wrapper pauses it there, see driver_paused_in_checkpoint.
+    marker = tmp_path / "paused-in-checkpoint-3"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1",
+           "PAUSE_AT_CHECKPOINT": "3", "PAUSE_MARKER": str(marker)}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "rl.launch", *SMALL, f"grpo.num_steps={STEPS}", *every_step, f"checkpoint.dir={ckpt}",
-         f"logging.dir={tmp_path / 'runs-driver'}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    partial = ckpt / ".step-000003.tmp"
+        [sys.executable, "-m", "tests.reliability.driver_paused_in_checkpoint", *SMALL, f"grpo.num_steps={STEPS}",
+         *every_step, f"checkpoint.dir={ckpt}", f"logging.dir={tmp_path / 'runs-driver'}"], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 600
-    while not (partial / "model").exists() and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while not marker.exists() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert driver.poll() is None, f"the driver ended before writing checkpoint 3:\n{driver.stdout.read()[-4000:]}"
     os.killpg(driver.pid, signal.SIGKILL)
     output = driver.communicate()[0]
+    assert marker.exists(), f"the driver never reached checkpoint 3 in 600 s:\n{output[-4000:]}"
     assert "resumed from" in output and "step-000002" in output, output[-3000:]
-    assert partial.exists() and not (ckpt / "step-000003").exists(), "killed too late: checkpoint 3 was complete"
+    partial = ckpt / ".step-000003.tmp"
+    assert (partial / "model").is_dir() and not (partial / checkpoint.MANIFEST).exists()
+    assert not (ckpt / "step-000003").exists()
 
     # 3. resume=auto: the half-written checkpoint is ignored and named; the run ends exactly where the
     #    run without faults did, step by step.
