@@ -3,7 +3,7 @@ group, each running a DeepSpeed engine (ZeRO-3 by default) on the policy.
 
 `Learner` is the actor: a thin wrapper that turns `TrainSample`s into Qwen3-VL inputs
 (actors/learner_batch.py), computes per-token log-probs (old and reference), and runs the GRPO
-objective of rl/grpo.py through DeepSpeed's backward/step. `LearnerGroup` is a plain class held by the
+objective of rl/core/grpo.py through DeepSpeed's backward/step. `LearnerGroup` is a plain class held by the
 driver: it starts the actors, wires their process group (rank 0 publishes address and port through
 Ray), splits batches over them and gathers answers, naming the actor and the phase on failure.
 """
@@ -41,10 +41,10 @@ from actors.learner_batch import (
 )
 from actors.remote import ActorCallError, Locatable, bind_host, gather, label, listening_store
 from actors.weight_sync import TensorMeta, WeightSource
-from rl.config import Config
-from rl.grpo import lr_factor
-from rl.model_parts import freeze_vision_encoder, numel, optimizer_groups, shape
-from rl.platform import apply_env, get_platform
+from rl.core.config import Config
+from rl.core.grpo import lr_factor
+from rl.core.model_parts import freeze_vision_encoder, numel, optimizer_groups, shape
+from rl.core.platform import apply_env, get_platform
 
 __all__ = ["Learner", "LearnerError", "LearnerGroup", "PolicyLogprobs", "TrainSample"]
 

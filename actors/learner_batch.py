@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rl.config import GRPOConfig
-from rl.data import load_image
-from rl.grpo import grpo_loss, token_logprobs, truncated_is_weights
-from rl.model_parts import VISION_TOKEN_BIAS, vision_token_ids
+from rl.core.config import GRPOConfig
+from rl.core.data import load_image
+from rl.core.grpo import grpo_loss, token_logprobs, truncated_is_weights
+from rl.core.model_parts import VISION_TOKEN_BIAS, vision_token_ids
 
 
 @dataclass
@@ -68,7 +68,7 @@ class MicroBatch:
 
 class PolicyLogprobs(nn.Module):
     """The DeepSpeed-wrapped module: Qwen3-VL trunk -> hidden states at response positions -> per-token
-    log-probs via the LM head, chunk by chunk (rl.grpo.token_logprobs). Wrapping it as one module lets
+    log-probs via the LM head, chunk by chunk (rl.core.grpo.token_logprobs). Wrapping it as one module lets
     ZeRO-3's start/end-of-forward hooks see the whole pass, including the LM head calls."""
 
     def __init__(self, policy: nn.Module, temperature: float, chunk_size: int):

@@ -3,7 +3,7 @@ the Ray placement groups that pin learners and rollout engines to nodes.
 
 Layout: L learners, one accelerator each (one process with `learner.cpus_per_learner` CPUs on CPU),
 R rollout engines of TP accelerators each, K reward actors on CPUs. On accelerators the node plan is
-`rl.config.pack_nodes`: learners fill whole nodes in rank order (the collective's ranks are ordered by
+`rl.core.config.pack_nodes`: learners fill whole nodes in rank order (the collective's ranks are ordered by
 node), engines take the rest first-fit with each TP group inside one node, and engine indices rise with
 the node (the weight-sync group, sender then engines in index order, stays node-contiguous). Each
 planned node becomes one STRICT_PACK placement group pinned to a Ray node by its `ray.io/node-id` label.
@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rl.config import Config
-from rl.platform import Platform
+from rl.core.config import Config
+from rl.core.platform import Platform
 
 Resources = Mapping[str, float]
 NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries it (Ray >= 2.49)

@@ -9,7 +9,7 @@ engine; `RolloutPool` spreads a step's prompts over R of them.
 Log-probs are vLLM's "processed" log-probs: log-softmax of (logits + the vision-token bias) / temperature,
 the distribution tokens are drawn from, which is what the learner computes for the same tokens
 (actors/learner_batch.py). Top-p/top-k truncation, which the learner does not reproduce, is refused when
-the config is loaded (rl.config.RolloutConfig).
+the config is loaded (rl.core.config.RolloutConfig).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from actors.remote import ActorCallError, Locatable, Retry, gather, label
 from actors.weight_sync import EXTENSION as WEIGHT_RECEIVER
-from rl.config import ModelConfig, RolloutConfig
-from rl.data import DatasetError, GroundingRow, chat_messages, load_image
-from rl.model_parts import VISION_TOKEN_BIAS, vision_token_ids
-from rl.platform import Platform, apply_env, get_platform
+from rl.core.config import ModelConfig, RolloutConfig
+from rl.core.data import DatasetError, GroundingRow, chat_messages, load_image
+from rl.core.model_parts import VISION_TOKEN_BIAS, vision_token_ids
+from rl.core.platform import Platform, apply_env, get_platform
 
 if TYPE_CHECKING:
     from vllm import LLM, SamplingParams

@@ -49,7 +49,7 @@ from actors.sync_transport import (
     slots_path,
     tick,
 )
-from rl.platform import Platform
+from rl.core.platform import Platform
 
 EXTENSION = "actors.weight_sync.WeightReceiver"
 

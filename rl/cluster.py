@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from actors.placement import check_machine, layout
-from rl.config import Config
-from rl.platform import Platform, apply_env
+from rl.core.config import Config
+from rl.core.platform import Platform, apply_env
 
 REPO = Path(__file__).resolve().parent.parent
 

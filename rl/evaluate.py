@@ -28,8 +28,8 @@ from scipy.optimize import linear_sum_assignment
 
 from rewards import RewardConfig, iou_matrix, parse_answer, score_batch
 from rl.ap import answers_ap
-from rl.config import Config, ConfigError
-from rl.progress import Progress
+from rl.core.config import Config, ConfigError
+from rl.core.progress import Progress
 from rl.report import fmt, markdown_table
 
 # The metrics a reader looks at first, in report order.
@@ -86,7 +86,7 @@ def grounding_metrics(completions: Sequence[str], references: Sequence[str], rew
 
 def answer_rows(pool: Any, rows: Sequence[Any], progress: str | None = None) -> tuple[list[str], list[int]]:
     """Greedy answer text and its length in tokens for every row (empty for a row that failed). `progress`:
-    show progress under that name (`rl.progress`), answering `CHUNK_ROWS` rows per engine at a time."""
+    show progress under that name (`rl.core.progress`), answering `CHUNK_ROWS` rows per engine at a time."""
     size = CHUNK_ROWS * len(pool.workers) if progress else max(len(rows), 1)
     samples = []
     with Progress(len(rows), progress) if progress else nullcontext() as bar:
@@ -121,13 +121,13 @@ def evaluate_sampled(pool: Any, rows: Sequence[Any], n: int, seed: int, rewards:
 @dataclass
 class Evaluation:
     metrics: dict[str, float]
-    rows: list[Any]  # rl.data.GroundingRow
+    rows: list[Any]  # rl.core.data.GroundingRow
     completions: list[str]
 
 
 def evaluate_split(cfg: Config, pool: Any) -> Evaluation:
     """`cfg.data.split` (its first `evaluation.max_rows` rows) answered by `pool` and scored."""
-    from rl.data import load_split
+    from rl.core.data import load_split
 
     rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
                       on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
@@ -185,7 +185,7 @@ def run_evaluation(cfg: Config, out_dir: str | Path | None = None) -> dict[str, 
 
     from actors.rollout import RolloutPool
     from rl.cluster import connect
-    from rl.platform import get_platform
+    from rl.core.platform import get_platform
 
     platform = get_platform(cfg.cluster.platform)
     started = connect(cfg, platform)
@@ -205,7 +205,7 @@ def run_evaluation(cfg: Config, out_dir: str | Path | None = None) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rl.data import DatasetError
+    from rl.core.data import DatasetError
     from rl.launch import parse_config, prepare
 
     _, cfg = parse_config(argv, "python -m rl.evaluate", __doc__.splitlines()[0])
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare(cfg)
         run_evaluation(cfg)
-    except ConfigError as exc:  # e.g. model.path is no usable checkpoint (rl.model_path)
+    except ConfigError as exc:  # e.g. model.path is no usable checkpoint (rl.core.model_path)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except DatasetError as exc:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rl.config import ChaosConfig, ReliabilityConfig
+from rl.core.config import ChaosConfig, ReliabilityConfig
 
 __all__ = ["Chaos", "NonFiniteGuard", "RestartBudget", "RunStopped"]
 

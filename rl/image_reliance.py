@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rl.data import GroundingRow, load_image, load_split
+from rl.core.data import GroundingRow, load_image, load_split
 from rl.sft_data import completion_text, make_collator, prompt_text
 
 

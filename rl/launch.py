@@ -13,15 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rl.config import Config, ConfigError, load_config
+from rl.core.config import Config, ConfigError, load_config
 
 
 def prepare(cfg: Config, stages: Sequence[str] = ()) -> None:
     """Make sure the model checkpoint, the dataset and every split file `stages` read exist, before Ray or
     any actor starts: a bad model.path is a ConfigError, a missing split a DatasetError naming the file."""
-    from rl.data import ensure_dataset, split_path
-    from rl.model_path import check_frame
-    from rl.progress import quiet_library_bars
+    from rl.core.data import ensure_dataset, split_path
+    from rl.core.model_path import check_frame
+    from rl.core.progress import quiet_library_bars
     from rl.sft_data import sft_split_path
     from rl.tiny import ensure_model
 
@@ -101,13 +101,13 @@ def main(argv: list[str] | None = None, *, stages: list[str] | None = None, prog
         print(cfg.to_yaml(), end="")
         return 0
     from actors.placement import PlacementError
-    from rl.data import DatasetError
+    from rl.core.data import DatasetError
 
     try:
         stages = stages or cfg.pipeline
         if "grpo" in stages:  # a layout this machine cannot hold fails before SFT's hours
             from rl.cluster import check_local_layout
-            from rl.platform import get_platform
+            from rl.core.platform import get_platform
 
             check_local_layout(cfg, get_platform(cfg.cluster.platform))
         prepare(cfg, stages)

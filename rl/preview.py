@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from actors.rollout import build_engine, engine_inputs, sampling_params
 from rewards import score
-from rl.config import Config
-from rl.data import load_split
-from rl.platform import apply_env, get_platform
+from rl.core.config import Config
+from rl.core.data import load_split
+from rl.core.platform import apply_env, get_platform
 
 if TYPE_CHECKING:
     from vllm import LLM

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rl.config import Config, ConfigError, LearnerConfig, ModelConfig
-from rl.data import DatasetError
-from rl.model_parts import freeze_vision_encoder
-from rl.platform import Platform, apply_env, get_platform
-from rl.progress import quiet_library_bars
+from rl.core.config import Config, ConfigError, LearnerConfig, ModelConfig
+from rl.core.data import DatasetError
+from rl.core.model_parts import freeze_vision_encoder
+from rl.core.platform import Platform, apply_env, get_platform
+from rl.core.progress import quiet_library_bars
 from rl.sft_data import (
     RUN_MARKER,
     SFTSplit,

@@ -16,11 +16,11 @@ from transformers import TrainerCallback
 from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 
-from rl.config import Config
-from rl.data import GroundingRow
+from rl.core.config import Config
+from rl.core.data import GroundingRow
+from rl.core.progress import Progress
 from rl.evaluate import HEADLINE, grounding_metrics
 from rl.image_reliance import image_reliance
-from rl.progress import Progress
 from rl.sft_data import RUN_MARKER, generate_answers
 
 
@@ -77,7 +77,7 @@ class GroundingEval(TrainerCallback):
 
 class Scalars(TrainerCallback):
     """TensorBoard scalars (and the grounding evaluation's images) under sft/, one printed line per log step
-    and a progress bar with its ETA (`rl.progress`: plain lines in a log), on rank 0 only."""
+    and a progress bar with its ETA (`rl.core.progress`: plain lines in a log), on rank 0 only."""
 
     TAGS = {"loss": "loss", "eval_loss": "eval_loss", "learning_rate": "lr", "grad_norm": "grad_norm",
             "mean_token_accuracy": "token_accuracy", "eval_mean_token_accuracy": "eval_token_accuracy"}

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rl.config import Config
-from rl.data import DatasetError, GroundingRow, chat_messages, load_image, load_split, split_path
+from rl.core.config import Config
+from rl.core.data import DatasetError, GroundingRow, chat_messages, load_image, load_split, split_path
 
 if TYPE_CHECKING:
     import datasets

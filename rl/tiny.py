@@ -20,8 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rl.config import ModelConfig, TinyModelConfig
-from rl.model_path import TINY_MARKER, check_checkpoint, check_tiny_target
+from rl.core.config import ModelConfig, TinyModelConfig
+from rl.core.model_path import TINY_MARKER, check_checkpoint, check_tiny_target
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
 
 
 def _corpus() -> list[str]:
-    from rl.data import CLASSES, DEFAULT_PROMPT
+    from rl.core.data import CLASSES, DEFAULT_PROMPT
 
     text = [DEFAULT_PROMPT, "No findings.", "<box>[[0, 1, 2, 3], [4, 5, 6, 7]]</box>", "<answer></answer>"]
     text += [f"{c} {c.lower()} {c.upper()} <box>[[8, 9, 10, 11]]</box>" for c in CLASSES]
@@ -209,7 +209,7 @@ def ensure_model(model: ModelConfig) -> Path:
 
     `ModelPathError` (a ConfigError naming the path and what is wrong) when `model.tiny` is set and the
     folder holds anything but an earlier tiny build, or when `model.tiny` is null and the folder is not a
-    usable Qwen3-VL / Qwen2.5-VL checkpoint (rl.model_path). Nothing of the user's is ever written."""
+    usable Qwen3-VL / Qwen2.5-VL checkpoint (rl.core.model_path). Nothing of the user's is ever written."""
     path = Path(model.path)
     if model.tiny is None:
         check_checkpoint(path)

@@ -1,7 +1,7 @@
 """The GRPO step loop, on the driver. It holds actor handles only (no model): each step
 
     prompts -> rollouts (RolloutPool, G per prompt) -> rewards (reward service) -> advantages and the
-    dynamic-sampling filter (rl/grpo.py; refill from the next prompts, bounded) -> learner update
+    dynamic-sampling filter (rl/core/grpo.py; refill from the next prompts, bounded) -> learner update
     (LearnerGroup, DeepSpeed) -> weight sync (every engine holds the new version) -> metrics -> checkpoint.
 
 With `grpo.off_policy_lag: 1` the update runs on a background thread while the next step's prompts go
@@ -33,13 +33,13 @@ from actors.reward import RewardPool
 from actors.rollout import RolloutPool
 from actors.weight_sync import SyncStats, WeightSync, WeightSyncError
 from rl import checkpoint
-from rl.config import Config
-from rl.data import GroundingRow, PromptOrder, load_split, split_path
+from rl.core.config import Config
+from rl.core.data import GroundingRow, PromptOrder, load_split, split_path
+from rl.core.grpo import dynamic_sampling_mask, group_advantages
+from rl.core.platform import get_platform
+from rl.core.progress import Progress
 from rl.evaluate import evaluate_rows, evaluate_sampled
 from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
-from rl.grpo import dynamic_sampling_mask, group_advantages
-from rl.platform import get_platform
-from rl.progress import Progress
 
 
 @dataclass

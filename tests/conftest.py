@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import Config, load_config
+from rl.core.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "tests"
@@ -38,7 +38,7 @@ def tiny_model_dir(tiny_config: Config) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tiny_config: Config) -> Path:
-    from rl.data import ensure_dataset
+    from rl.core.data import ensure_dataset
 
     return ensure_dataset(tiny_config.data)
 
@@ -47,7 +47,7 @@ def synthetic_dir(tiny_config: Config) -> Path:
 def tiny_engine(tiny_config: Config, tiny_model_dir: Path):
     """One vLLM engine on the tiny model for the whole session (start-up costs ~30 s on CPU)."""
     from actors.rollout import build_engine
-    from rl.platform import apply_env, get_platform
+    from rl.core.platform import apply_env, get_platform
 
     platform = get_platform("cpu")
     apply_env(platform)

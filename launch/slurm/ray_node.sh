@@ -32,7 +32,7 @@ node_ip=$(ip -o -4 addr show dev "$ifname" | awk '{split($4, a, "/"); print a[1]
 # AMD: Ray narrows HIP_VISIBLE_DEVICES per actor. Slurm's ROCR_VISIBLE_DEVICES would sit under it (Ray
 # refuses to start GPU work while it is set alone), and a node-wide CUDA_VISIBLE_DEVICES would contradict
 # it for vLLM: hand Slurm's GPU list to Ray as HIP_VISIBLE_DEVICES and drop the others. The NOSET
-# switches some ROCm images set would show every actor all GPUs (rl/platform.py says why that breaks us).
+# switches some ROCm images set would show every actor all GPUs (rl/core/platform.py says why that breaks us).
 if [[ -n "${ROCR_VISIBLE_DEVICES:-}" && -z "${HIP_VISIBLE_DEVICES:-}" ]]; then
   export HIP_VISIBLE_DEVICES=$ROCR_VISIBLE_DEVICES
 fi

@@ -15,8 +15,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from actors.placement import PlacementError, alive_nodes, cluster_nodes, place, sync_group_nodes, validate
-from rl.config import load_config
-from rl.platform import get_platform
+from rl.core.config import load_config
+from rl.core.platform import get_platform
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "conf" / "medmo_8b_64xmi210.yaml"

@@ -18,10 +18,10 @@ import torch
 from actors.checkpoint_files import manifest_entry
 from actors.learner import LearnerError, LearnerGroup, TrainSample
 from actors.learner_batch import MetricSum, micro_batches, shard_for_learners
-from rl.config import Config
-from rl.data import load_split
-from rl.grpo import group_advantages
-from rl.model_parts import is_vision_encoder
+from rl.core.config import Config
+from rl.core.data import load_split
+from rl.core.grpo import group_advantages
+from rl.core.model_parts import is_vision_encoder
 from tests.payload import plant
 
 slow = pytest.mark.slow
@@ -34,7 +34,7 @@ LR = 1e-4  # small enough that one Adam step stays in the first-order regime (th
 WEIGHT_TOL = 1e-2 * LR
 LOGPROB_TOL = 1e-4  # vLLM-CPU kernels vs transformers eager attention, fp32 (measured ~1e-6)
 # Not 1: the learner must divide by the engine's temperature (and add its vision-token logit bias) for a
-# log-prob to mean the same thing on both sides. The config refuses top-p/top-k (rl.config.RolloutConfig).
+# log-prob to mean the same thing on both sides. The config refuses top-p/top-k (rl.core.config.RolloutConfig).
 TEMPERATURE = 0.7
 
 
@@ -64,7 +64,7 @@ def samples(tiny_engine, tiny_config, synthetic_dir) -> list[TrainSample]:
     the vision-token logit bias), with the engine's sampling log-probs and group advantages of a
     made-up reward (response length), as the trainer will build them."""
     from actors.rollout import engine_inputs, sampling_params
-    from rl.model_parts import vision_token_ids
+    from rl.core.model_parts import vision_token_ids
 
     rows = load_split(synthetic_dir / "val.jsonl").rows[:2]
     banned = vision_token_ids(tiny_engine.llm_engine.model_config.hf_config)

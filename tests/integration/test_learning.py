@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from rl.config import load_config
+from rl.core.config import load_config
 
 pytestmark = pytest.mark.slow
 

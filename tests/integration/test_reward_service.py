@@ -8,7 +8,7 @@ import pytest
 
 from actors.reward import RewardPool, RewardServiceError
 from rewards import KEYS, RewardConfig, score_batch
-from rl.bench_rewards import generate
+from rl.tools.bench_rewards import generate
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from actors.rollout import RolloutWorkerError
-from rl.data import load_split
+from rl.core.data import load_split
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +68,8 @@ def test_logprobs_agree_with_a_transformers_forward(pool, rows, tiny_model_dir):
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
     from actors.rollout import render_prompt
-    from rl.bench_rollout import reference_logprobs
-    from rl.data import load_image
+    from rl.core.data import load_image
+    from rl.tools.bench_rollout import reference_logprobs
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
@@ -86,7 +86,7 @@ def test_logprobs_agree_with_a_transformers_forward(pool, rows, tiny_model_dir):
 def test_loaded_weights_give_that_checkpoints_greedy_outputs(pool, rows, other_checkpoint, tiny_config,
                                                              tiny_model_dir):
     from actors.rollout import build_engine, engine_inputs, sampling_params
-    from rl.platform import get_platform
+    from rl.core.platform import get_platform
 
     before = _greedy(pool, rows)
     assert pool.load_weights(1, str(other_checkpoint)) == [1, 1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import load_config
+from rl.core.config import load_config
 from rl.sft import SUMMARY, continue_from_sft, main, run_dir
 from rl.sft_data import RUN_MARKER
 from tests.conftest import sft_overrides
@@ -61,7 +61,7 @@ def test_checkpoint_is_a_complete_hf_checkpoint(sft_run):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from rl.data import chat_messages, load_image, load_split
+    from rl.core.data import chat_messages, load_image, load_split
 
     cfg, _ = sft_run
     out = Path(cfg.sft.output_dir)
@@ -83,7 +83,7 @@ def test_checkpoint_is_a_complete_hf_checkpoint(sft_run):
 def test_checkpoint_serves_in_vllm_as_is(sft_run, capsys):
     """The next stage (here the preview) starts a vLLM engine straight on the SFT checkpoint."""
     from actors.rollout import build_engine
-    from rl.platform import apply_env, get_platform
+    from rl.core.platform import apply_env, get_platform
     from rl.preview import run_preview
 
     cfg, _ = sft_run
@@ -156,9 +156,9 @@ def test_two_processes_train_together(tmp_path, tiny_model_dir, synthetic_dir, c
 
 def test_sft_trains_on_converted_coco_and_vlmr1_data(tmp_path, tiny_model_dir):
     """Issue 22: a COCO dataset and a VLM-R1 REC jsonl (boxes in Qwen2.5-VL-resized pixels), both written by
-    the tests and converted by `python -m rl.data convert`, go through the real SFT: train on the COCO rows,
+    the tests and converted by `python -m rl.core.data convert`, go through the real SFT: train on the COCO rows,
     the grounding evaluation answers the REC rows."""
-    from rl.data import main as data_main
+    from rl.core.data import main as data_main
     from tests.foreign_data import converted_dataset
 
     data = converted_dataset(tmp_path / "data", coco_split="train", rec_split="val")

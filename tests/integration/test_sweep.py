@@ -1,4 +1,4 @@
-"""`rl.sweep` end to end with every real part: a 2-variant x 1-seed sweep of 2-step GRPO runs on the tiny model,
+"""`rl.tools.sweep` end to end with every real part: a 2-variant x 1-seed sweep of 2-step GRPO runs on the tiny model,
 evaluated by one rollout pool (`rl.evaluate`'s metrics and files), reported; then the same sweep again skips
 everything."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from rl.report import read_results_csv
-from rl.sweep import run_sweep
-from rl.sweep_spec import SweepSpec
+from rl.tools.sweep import run_sweep
+from rl.tools.sweep_spec import SweepSpec
 from tests.conftest import CACHE
 from tests.integration.test_trainer import SMALL
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.rollout import engine_inputs, sampling_params
-from rl.data import load_split
+from rl.core.data import load_split
 from rl.preview import run_preview
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def test_vllm_samples_groups_with_an_image(tiny_engine, tiny_config, synthetic_d
 def test_vllm_greedy_equals_transformers_greedy(tiny_engine, tiny_config, tiny_model_dir, synthetic_dir):
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from rl.data import chat_messages, load_image
+    from rl.core.data import chat_messages, load_image
 
     row = load_split(synthetic_dir / "val.jsonl").rows[0]
     params = sampling_params(tiny_config.rollout.model_copy(update={"max_tokens": 12}), n=1, greedy=True)

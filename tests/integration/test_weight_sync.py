@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from actors.weight_sync import CheckpointSource, WeightSync, WeightSyncError, checksum
-from rl.data import load_split
-from rl.platform import get_platform
+from rl.core.data import load_split
+from rl.core.platform import get_platform
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def _source(ray, path, name):
 def _hf_greedy(path, rows, max_tokens=8):
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from rl.data import chat_messages, load_image
+    from rl.core.data import chat_messages, load_image
 
     processor = AutoProcessor.from_pretrained(path)
     model = Qwen3VLForConditionalGeneration.from_pretrained(path)
@@ -66,8 +66,8 @@ def _hf_logprobs(path, rows, results):
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
     from actors.rollout import render_prompt
-    from rl.bench_rollout import reference_logprobs
-    from rl.data import load_image
+    from rl.core.data import load_image
+    from rl.tools.bench_rollout import reference_logprobs
 
     processor = AutoProcessor.from_pretrained(path)
     model = Qwen3VLForConditionalGeneration.from_pretrained(path).eval()
@@ -126,7 +126,7 @@ def test_sync_from_two_zero3_learners_gives_the_engines_their_full_weights(ray_c
                                                                            tiny_model_dir, rows, tmp_path):
     from actors.learner import LearnerGroup
     from actors.learner_batch import TrainSample
-    from rl.config import Config
+    from rl.core.config import Config
 
     data = tiny_config.to_dict()
     data["grpo"] |= {"prompts_per_step": 2, "group_size": 4}

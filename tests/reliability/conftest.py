@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rl.config import load_config
+from rl.core.config import load_config
 from tests.conftest import CACHE
 
 # 2 prompts x 4 samples = 8 sequences per step. The extra length reward gives a random model's groups

@@ -27,7 +27,7 @@ import pytest
 
 from actors.reward import RewardPool
 from rewards import KEYS, RewardConfig, score_batch
-from rl.bench_rewards import generate
+from rl.tools.bench_rewards import generate
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ REWARD_RSS_BOUND_MB = 50.0
 
 
 def _templates() -> tuple[list[str], list[str], dict[str, np.ndarray]]:
-    """TEMPLATES realistic pairs (rl.bench_rewards) whose score vectors are pairwise distinct, with no
+    """TEMPLATES realistic pairs (rl.tools.bench_rewards) whose score vectors are pairwise distinct, with no
     <answer> tag of their own (each completion wraps its template in one), and their scores."""
     completions, references = generate(4 * TEMPLATES, seed=13)
     keep = [i for i, c in enumerate(completions) if "answer>" not in c]
@@ -222,8 +222,8 @@ def test_200_weight_syncs_keep_host_memory_flat(ray_cluster, rollout_pool, tiny_
     """A real ZeRO-3 learner (1 rank) syncs into the session's 2 engines 200 times (versions 1..200)."""
     from actors.learner import LearnerGroup
     from actors.weight_sync import CheckpointSource, WeightSync, checksum, iter_safetensors, safetensors_files
-    from rl.config import Config
-    from rl.platform import get_platform
+    from rl.core.config import Config
+    from rl.core.platform import get_platform
 
     data = tiny_config.to_dict()
     data["learner"] |= {"num_learners": 1, "zero_stage": 3}

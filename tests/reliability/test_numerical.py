@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from actors.learner import LearnerGroup, TrainSample
-from rl.config import Config
+from rl.core.config import Config
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def samples(config: Config, synthetic_dir: Path, tiny_model_dir: Path) -> list[T
     """2 prompts (chat-templated with their image) x 4 random responses, advantages +-1."""
     from transformers import AutoProcessor
 
-    from rl.data import chat_messages, load_image, load_split
+    from rl.core.data import chat_messages, load_image, load_split
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     gen = torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from rl.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from rl.core.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from rl.launch import main
 
 

@@ -1,4 +1,4 @@
-"""rl/data.py under hostile input: thousands of generated bad lines (random bytes, deep nesting, huge numbers,
+"""rl/core/data.py under hostile input: thousands of generated bad lines (random bytes, deep nesting, huge numbers,
 wrong types at every key, NUL bytes, 1 MB strings, inf/nan) interleaved with good ones. Nothing but
 DatasetError may escape, every bad line is named by its number, and every good line still loads."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rl.data import DatasetError, load_split, main
+from rl.core.data import DatasetError, load_split, main
 
 GOOD = {"image": "ok.png", "prompt": "p", "answer": "Mass <box>[[0, 0, 10, 10]]</box>"}
 KEYS = ("image", "prompt", "answer")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rl.config import ChaosConfig, ReliabilityConfig, load_config
+from rl.core.config import ChaosConfig, ReliabilityConfig, load_config
 from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
 
 

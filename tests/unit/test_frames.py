@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rl.config import ConfigError, load_config
-from rl.data import DatasetError, load_split, main
+from rl.core.config import ConfigError, load_config
+from rl.core.data import DatasetError, load_split, main
+from rl.core.frames import CoordFrame, Resize, parse_frame, rescale
 from rl.evaluate import grounding_metrics
-from rl.frames import CoordFrame, Resize, parse_frame, rescale
 from rl.visualize import REFERENCE, prediction_grid
 
 # Resized by the Qwen2.5-VL rule with these bounds: a.png 1120x560 -> 560x280 (exactly half),

@@ -1,4 +1,4 @@
-"""rl/grpo.py against numbers worked by hand on small tensors (each expected value is written as the
+"""rl/core/grpo.py against numbers worked by hand on small tensors (each expected value is written as the
 arithmetic that gives it, so a reader can check it without running anything)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rl.grpo import (
+from rl.core.grpo import (
     aggregate,
     clipped_surrogate,
     dynamic_sampling_mask,

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from rl.data import load_split
+from rl.core.data import load_split
 from rl.image_reliance import image_reliance, main
 
 

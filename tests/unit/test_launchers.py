@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl.config import load_config
+from rl.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "launch" / "slurm" / "grpo.sbatch"

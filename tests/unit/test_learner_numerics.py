@@ -9,7 +9,7 @@ import math
 import torch
 
 from actors.learner_batch import MicroBatch, micro_batch_loss, nonfinite_names, padded
-from rl.config import GRPOConfig
+from rl.core.config import GRPOConfig
 
 
 def test_nonfinite_names_lists_the_tensors_with_a_nan_or_an_inf():

@@ -11,8 +11,8 @@ import pytest
 
 from actors.placement import LOCAL_CPUS_PER_CORE, PlacementError, check_machine
 from rl import cluster
-from rl.config import load_config
-from rl.platform import get_platform
+from rl.core.config import load_config
+from rl.core.platform import get_platform
 
 CPU = get_platform("cpu")
 REPO = Path(__file__).resolve().parents[2]

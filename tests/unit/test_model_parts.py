@@ -1,4 +1,4 @@
-"""rl/model_parts.py: which weights are the vision encoder (frozen by `sft.freeze_vision` and
+"""rl/core/model_parts.py: which weights are the vision encoder (frozen by `sft.freeze_vision` and
 `learner.freeze_vision`), and the optimizer's groups (trainable weights only), also on ZeRO-3 partitions."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl.config import ConfigError
-from rl.model_parts import freeze_vision_encoder, is_vision_encoder, numel, optimizer_groups, shape
-from rl.platform import get_platform
+from rl.core.config import ConfigError
+from rl.core.model_parts import freeze_vision_encoder, is_vision_encoder, numel, optimizer_groups, shape
+from rl.core.platform import get_platform
 from rl.sft import load_model
 
 

@@ -1,4 +1,4 @@
-"""model.path start-up checks (rl.model_path): a user's folder is never written, and a checkpoint that cannot
+"""model.path start-up checks (rl.core.model_path): a user's folder is never written, and a checkpoint that cannot
 load fails before anything starts, naming the path and what is missing. No model is built or loaded here."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import ModelConfig, TinyModelConfig
-from rl.frames import parse_frame
-from rl.model_path import ModelPathError, check_checkpoint, check_frame, check_tiny_target
+from rl.core.config import ModelConfig, TinyModelConfig
+from rl.core.frames import parse_frame
+from rl.core.model_path import ModelPathError, check_checkpoint, check_frame, check_tiny_target
 from rl.tiny import MARKER, ensure_model
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl.platform import apply_env, get_platform
+from rl.core.platform import apply_env, get_platform
 
 
 def _fake_torch(monkeypatch, cuda: bool, hip: str | None):

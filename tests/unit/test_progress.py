@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from rl.progress import Progress, clock, quiet_library_bars
+from rl.core.progress import Progress, clock, quiet_library_bars
 from rl.sft_callbacks import Scalars
 
 
@@ -120,7 +120,7 @@ def test_sft_images_land_in_tensorboard_under_their_tag(tmp_path):
 def test_sft_draws_the_greedy_answers_of_the_first_val_rows_as_grpo_does(tmp_path, tiny_config, synthetic_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rl.data import load_split
+    from rl.core.data import load_split
     from rl.sft_callbacks import GroundingEval
     from rl.visualize import prediction_grid
 

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from actors.placement import PlacementError, layout, plan_nodes, validate
-from rl.capacity import GPUS, MODELS, learner_memory, memory_problems, sft_memory
-from rl.capacity import main as capacity_main
-from rl.config import ConfigError, load_config
+from rl.core.config import ConfigError, load_config
+from rl.core.platform import get_platform
 from rl.launch import main as launch_main
-from rl.platform import get_platform
+from rl.tools.capacity import GPUS, MODELS, learner_memory, memory_problems, sft_memory
+from rl.tools.capacity import main as capacity_main
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SHIPPED = sorted(CONF.glob("*.yaml"))

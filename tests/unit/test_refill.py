@@ -15,9 +15,9 @@ import torch
 
 from actors.reward import RewardBatch
 from actors.rollout import PromptResult, Sample
-from rl.config import load_config
-from rl.data import GroundingRow, PromptOrder
-from rl.grpo import group_advantages
+from rl.core.config import load_config
+from rl.core.data import GroundingRow, PromptOrder
+from rl.core.grpo import group_advantages
 from rl.trainer import GRPOTrainer
 
 GROUP = 2

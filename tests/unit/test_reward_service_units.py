@@ -7,7 +7,7 @@ import pytest
 
 from actors.reward import RewardService, merge, split_bounds
 from rewards import KEYS, RewardConfig, score_batch
-from rl.bench_rewards import generate
+from rl.tools.bench_rewards import generate
 
 
 @pytest.mark.parametrize(("size", "parts"), [(0, 3), (1, 3), (2, 2), (10, 3), (7, 1), (100, 8)])

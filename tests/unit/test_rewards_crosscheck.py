@@ -1,4 +1,4 @@
-"""`score_batch` against the straightforward per-sample oracle (rl/bench_reference.py), on the bench's
+"""`score_batch` against the straightforward per-sample oracle (rl/tools/bench_reference.py), on the bench's
 realistic completions and on hypothesis-built answers; batch composition never changes a value."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewards import KEYS, RewardConfig, clear_reference_cache, score, score_batch
-from rl.bench import BENCHES, main
-from rl.bench_reference import hungarian_max, reference_score
-from rl.bench_rewards import generate
+from rl.tools.bench import BENCHES, main
+from rl.tools.bench_reference import hungarian_max, reference_score
+from rl.tools.bench_rewards import generate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,5 +133,5 @@ def test_bench_cli_ends_with_one_json_line(capsys: pytest.CaptureFixture[str]) -
 
 def test_bench_cli_usage_and_lazy_imports() -> None:
     assert main([]) == 2 and main(["--help"]) == 0 and main(["no-such-bench"]) == 2
-    code = "import sys, rl.bench; assert not {'torch', 'ray', 'rewards'} & set(sys.modules), sorted(sys.modules)"
+    code = "import sys, rl.tools.bench; assert not {'torch', 'ray', 'rewards'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rewards import KEYS, RewardConfig, parse_answer, score, score_batch
-from rl.bench_reference import OracleDomainError, reference_score
+from rl.tools.bench_reference import OracleDomainError, reference_score
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "reward_fuzz.jsonl"
 R = "Fractures <box>[[156, 516, 231, 607], [240, 529, 296, 581]]</box>"

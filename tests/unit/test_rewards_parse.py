@@ -7,7 +7,7 @@ import pytest
 
 from rewards import parse_answer, score
 from rewards.parse import answer_region, normalize_label, parse_content, scan_blocks
-from rl.bench_reference import parse_boxes
+from rl.tools.bench_reference import parse_boxes
 
 
 def labels(text: str) -> list[str]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from actors.placement import PlacementError, plan_nodes, sync_group_nodes, validate
-from rl.capacity import HEADER, ModelSpec, rows
-from rl.config import ConfigError, load_config, pack_nodes
-from rl.platform import get_platform
+from rl.core.config import ConfigError, load_config, pack_nodes
+from rl.core.platform import get_platform
+from rl.tools.capacity import HEADER, ModelSpec, rows
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -114,7 +114,7 @@ def test_qwen3_vl_8b_parameter_count():
 
 def test_the_scaling_doc_quotes_the_capacity_plan():
     doc = (REPO / "docs" / "scaling.md").read_text()
-    commands = re.findall(r"^\s+python -m rl\.capacity (.+)$", doc, re.M)
+    commands = re.findall(r"^\s+python -m rl\.tools\.capacity (.+)$", doc, re.M)
     assert len(commands) == 4  # the MedMO summary and the recipes (8B on two cards, 2B)
     for command in commands:
         flags = dict(re.findall(r"--(model|gpu) (\S+)", command))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import Config, ConfigError, load_config
+from rl.core.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p for d in ("rl", "actors", "rewards") for p in (REPO / d).rglob("*.py"))

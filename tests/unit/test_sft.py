@@ -14,9 +14,9 @@ import torch
 from deepspeed.runtime.fp16.loss_scaler import LossScaler
 from deepspeed.runtime.zero.config import ZeroStageEnum
 
-from rl.config import Config, ConfigError, load_config
-from rl.data import DatasetError
-from rl.platform import get_platform
+from rl.core.config import Config, ConfigError, load_config
+from rl.core.data import DatasetError
+from rl.core.platform import get_platform
 from rl.sft import (
     SUMMARY,
     continue_from_sft,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from actors.learner_batch import Collator, PolicyLogprobs, TrainSample, shared_prefix_mask
-from rl.data import chat_messages, load_image, load_split
+from rl.core.data import chat_messages, load_image, load_split
 
 
 def test_shared_prefix_mask_worked_by_hand():

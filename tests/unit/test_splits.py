@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import ConfigError, load_config
-from rl.data import DatasetError, generate_synthetic
+from rl.core.config import ConfigError, load_config
+from rl.core.data import DatasetError, generate_synthetic
 from rl.launch import prepare
 from rl.sft import run_fingerprint
 from rl.sft_data import sft_split_path
-from rl.sweep_spec import SweepSpec
+from rl.tools.sweep_spec import SweepSpec
 from rl.trainer import grpo_rows
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from rl import checkpoint
 from rl.report import mean_spread, read_results_csv, write_report, write_results_csv
-from rl.sweep import DONE, ERROR, run_sweep, status, train_all, write_outputs
-from rl.sweep_spec import SweepError, SweepSpec, expand, load_spec, validate
+from rl.tools.sweep import DONE, ERROR, run_sweep, status, train_all, write_outputs
+from rl.tools.sweep_spec import SweepError, SweepSpec, expand, load_spec, validate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ def test_unknown_key_fails_before_any_run_naming_it(tmp_path):
 
 
 def test_command_line_rejects_an_unknown_key_in_an_override(tmp_path, capsys):
-    from rl.sweep import main
+    from rl.tools.sweep import main
 
     shipped = str(REPO / "conf" / "sweeps" / "reward_ablation.yaml")
     assert main([shipped, "--variants", "no_giou", "--output-dir", str(tmp_path), "grpo.num_stepz=2"]) == 2
@@ -186,7 +186,7 @@ def test_outputs_read_the_trainers_event_files(tmp_path):
         run.dir.joinpath(DONE).write_text("{}")
     records = [{"variant": r.variant, "seed": r.seed, "status": "done", "step": 3, "ap50": 0.2, "ap": 0.1}
                for r in runs]
-    from rl.plots import read_scalars
+    from rl.tools.plots import read_scalars
 
     assert read_scalars(runs[1].logs)["reward/total/mean"] == pytest.approx({1: 0.6, 2: 0.7, 3: 0.8})
     report = write_outputs(spec, runs, records)
@@ -224,7 +224,7 @@ class FakeJobs:
 def test_ray_job_mode_submits_each_run_as_a_launch_job(tmp_path, monkeypatch, outcome):
     import ray.job_submission
 
-    from rl.sweep import run_ray_job
+    from rl.tools.sweep import run_ray_job
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", FakeJobs)
     monkeypatch.setattr(FakeJobs, "submitted", [])

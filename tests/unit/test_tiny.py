@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from rl.config import TinyModelConfig
-from rl.data import chat_messages, load_split
+from rl.core.config import TinyModelConfig
+from rl.core.data import chat_messages, load_split
 from rl.tiny import MARKER, build_tiny_model, build_tokenizer
 
 # Smaller than the default so building twice stays fast; the default model is built by the fixture.
@@ -52,7 +52,7 @@ def test_tokenizer_has_qwen_specials_and_single_digit_tokens():
 def test_default_model_size_and_transformers_generation(tiny_model_dir, synthetic_dir):
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from rl.data import load_image
+    from rl.core.data import load_image
 
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir)
     assert model.config.text_config.head_dim == 64  # vLLM CPU attention needs >= 64
@@ -71,7 +71,7 @@ def test_default_model_size_and_transformers_generation(tiny_model_dir, syntheti
 
 
 def test_ensure_model_builds_into_an_empty_folder_rebuilds_its_own_build_and_the_build_passes_the_checks(tmp_path):
-    from rl.config import ModelConfig
+    from rl.core.config import ModelConfig
     from rl.tiny import ensure_model
 
     (tmp_path / "tiny").mkdir()  # empty: may be built into (test_model_path: any other folder may not)
@@ -91,7 +91,7 @@ def test_processor_normalises_with_the_synthetic_images_statistics(tmp_path):
     import numpy as np
     from transformers import AutoProcessor
 
-    from rl.data import CLASSES, synthetic_example
+    from rl.core.data import CLASSES, synthetic_example
 
     rng = np.random.default_rng(0)
     pixels = np.stack([synthetic_example(rng, image_size=128, max_objects=3, classes=CLASSES, frame=1000)[0]

@@ -14,10 +14,10 @@ from PIL import Image
 from actors.checkpoint_files import CorruptCheckpointError, manifest_entry
 from actors.placement import PlacementError, layout, validate
 from rl import checkpoint
-from rl.config import ConfigError, load_config
-from rl.data import PromptOrder
+from rl.core.config import ConfigError, load_config
+from rl.core.data import PromptOrder
+from rl.core.platform import get_platform
 from rl.evaluate import duplicate_boxes, grounding_metrics, matched_ious, run_evaluation
-from rl.platform import get_platform
 from rl.visualize import PREDICTION, REFERENCE, draw
 
 

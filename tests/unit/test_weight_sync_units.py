@@ -214,7 +214,7 @@ def test_a_killed_learners_files_go_at_the_next_start_of_its_run_and_nothing_els
 
     from actors.sync_transport import remove_owned
     from actors.weight_sync import WeightSender, WeightSync
-    from rl.platform import get_platform
+    from rl.core.platform import get_platform
 
     code = (
         "import os, signal\n"

@@ -29,9 +29,9 @@ from pydantic import (
 )
 
 from rewards import RewardConfig
-from rl.frames import FRAME_HELP, QWEN25_PIXELS, CoordFrame, parse_frame
+from rl.core.frames import FRAME_HELP, QWEN25_PIXELS, CoordFrame, parse_frame
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "default.yaml"
 
 
 class ConfigError(ValueError):
@@ -90,7 +90,7 @@ class TinyModelConfig(Section):
 
 
 class ModelConfig(Section):
-    # A local HF checkpoint folder (Qwen3-VL or Qwen2.5-VL), checked at start-up (rl/model_path.py).
+    # A local HF checkpoint folder (Qwen3-VL or Qwen2.5-VL), checked at start-up (rl/core/model_path.py).
     path: str = "checkpoints/tiny-qwen3vl"
     # Set: build the offline tiny model at `path`, only if that folder is absent, empty or an earlier tiny
     # build (any other folder is an error, never overwritten). null: `path` is a checkpoint to load.
@@ -143,7 +143,7 @@ class DataConfig(Section):
         if self.synthetic is not None and self.coord_frame == QWEN25_PIXELS:
             raise ValueError("data.coord_frame=qwen25_pixels: the synthetic generator (data.synthetic) writes a "
                              "relative frame; set data.synthetic=null and convert your data into this frame "
-                             "(python -m rl.data convert ... --frame qwen25_pixels), or use a relative frame")
+                             "(python -m rl.core.data convert ... --frame qwen25_pixels), or use a relative frame")
         return self
 
 
@@ -263,7 +263,7 @@ class ClusterConfig(Section):
     accelerator_type: str | None = None  # as Ray names it, e.g. AMD-Instinct-MI210 (resource accelerator_type:X)
     # true: rollout engine i shares learner i's GPU (half a GPU each in Ray's accounting, one bundle holding
     # both), so L learners and L engines x TP 1 take L GPUs. The engine's rollout.gpu_memory_utilization is
-    # then its share of that GPU; the learner must fit the rest (`python -m rl.capacity` checks the sum).
+    # then its share of that GPU; the learner must fit the rest (`python -m rl.tools.capacity` checks the sum).
     colocate: bool = False
 
     @field_validator("host")
@@ -310,7 +310,7 @@ class ChaosConfig(Section):
 
 
 class EvaluationConfig(Section):
-    """`python -m rl.evaluate` (and the final evaluation of `rl.sweep`): greedy answers on `data.split`."""
+    """`python -m rl.evaluate` (and the final evaluation of `rl.tools.sweep`): greedy answers on `data.split`."""
 
     output_dir: str = "runs/eval"  # metrics.json, metrics.md, gallery.png, predictions.jsonl
     max_rows: int = Field(default=0, ge=0)  # first N rows of the split; 0: all of them

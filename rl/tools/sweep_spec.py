@@ -1,4 +1,4 @@
-"""Sweep files: what `python -m rl.sweep` runs. A YAML file validated by pydantic (a typo in a field is an
+"""Sweep files: what `python -m rl.tools.sweep` runs. A YAML file validated by pydantic (a typo in a field is an
 error naming it), expanded into runs = variants x seeds, each run's config validated by `load_config`
 before any run starts (an override naming an unknown key fails the sweep, naming variant and key).
 
@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rl.config import Config, ConfigError, SplitName, load_config
+from rl.core.config import Config, ConfigError, SplitName, load_config
 
 NAME = re.compile(r"^[A-Za-z0-9_.,=+-]+$")  # variant names become folder names
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rl.config import ConfigError
-from rl.frames import CoordFrame
+from rl.core.config import ConfigError
+from rl.core.frames import CoordFrame
 
 TINY_MARKER = "tiny_build.json"  # rl.tiny writes it last into every complete tiny build
 MODEL_TYPES = ("qwen3_vl", "qwen2_5_vl")

@@ -1,9 +1,9 @@
-"""`python -m rl.bench learner`: one GRPO update through the Ray learner actors (DeepSpeed ZeRO-3) vs a
+"""`python -m rl.tools.bench learner`: one GRPO update through the Ray learner actors (DeepSpeed ZeRO-3) vs a
 plain single-process PyTorch loop doing the same forward / backward / step on the same batch.
 
 Both sides collate the same `TrainSample`s (prompts of the configured data, chat-templated with their
 image; random response tokens; advantages from random rewards), compute per-token log-probs the same
-way (rl.grpo.token_logprobs), the same GRPO loss over the same micro-batches, clip gradients and take
+way (rl.core.grpo.token_logprobs), the same GRPO loss over the same micro-batches, clip gradients and take
 AdamW steps, with the same number of CPU threads and the same process priority. Old log-probs are
 given, so neither side spends a pass on them. Timing is wall clock around a whole update, as the
 driver sees it; best of --repeat after one warm-up update, the sides interleaved round by round. The
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _samples(cfg: Any, prompts: int, group: int, response_tokens: int, seed: int) -> list[Any]:
@@ -27,8 +27,8 @@ def _samples(cfg: Any, prompts: int, group: int, response_tokens: int, seed: int
     from transformers import AutoProcessor
 
     from actors.learner import TrainSample
-    from rl.data import chat_messages, load_image, load_split
-    from rl.grpo import group_advantages
+    from rl.core.data import chat_messages, load_image, load_split
+    from rl.core.grpo import group_advantages
 
     rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
                       image_roots=cfg.data.image_roots).rows[:prompts]
@@ -64,7 +64,7 @@ class PlainLoop:
         from transformers import AutoConfig, AutoModelForImageTextToText
 
         from actors.learner_batch import Collator, PolicyLogprobs
-        from rl.model_parts import freeze_vision_encoder, optimizer_groups
+        from rl.core.model_parts import freeze_vision_encoder, optimizer_groups
 
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)
@@ -84,7 +84,7 @@ class PlainLoop:
         import torch
 
         from actors.learner_batch import balanced_sizes
-        from rl.grpo import grpo_loss
+        from rl.core.grpo import grpo_loss
 
         lc, g = self.cfg.learner, self.cfg.grpo
         loss_sum, start = 0.0, 0
@@ -117,12 +117,12 @@ def run(argv: list[str]) -> dict:
     import ray
 
     from actors.learner import LearnerGroup
-    from rl.config import load_config
-    from rl.data import ensure_dataset
-    from rl.platform import apply_env, get_platform
+    from rl.core.config import load_config
+    from rl.core.data import ensure_dataset
+    from rl.core.platform import apply_env, get_platform
     from rl.tiny import ensure_model
 
-    parser = argparse.ArgumentParser(prog="python -m rl.bench learner")
+    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench learner")
     parser.add_argument("--config", default=None, help="YAML config (default conf/default.yaml)")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group", type=int, default=8, help="samples per prompt")

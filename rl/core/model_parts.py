@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rl.config import ConfigError
+from rl.core.config import ConfigError
 
 # The logit bias that keeps vision placeholder tokens out of sampled answers. The engine adds it before the
 # temperature (vLLM's logits processors run first) and reports log-probs of the biased distribution; the

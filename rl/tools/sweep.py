@@ -1,6 +1,6 @@
-"""Reward ablation sweeps: `python -m rl.sweep conf/sweeps/reward_ablation.yaml [key=value ...]`.
+"""Reward ablation sweeps: `python -m rl.tools.sweep conf/sweeps/reward_ablation.yaml [key=value ...]`.
 
-Every run (variant x seed, `rl/sweep_spec.py`) is a normal `rl.launch` run with its own `logging.dir` and
+Every run (variant x seed, `rl/tools/sweep_spec.py`) is a normal `rl.launch` run with its own `logging.dir` and
 `checkpoint.dir` under `<output_dir>/runs/<variant>/seed-<s>/`. Locally the runs go one after another in
 this process on one Ray cluster (RAY_ADDRESS's, else a local one); with `mode: ray_job` each is submitted
 as its own Ray job and waited for. A run is finished when its `DONE` marker exists: written last, after
@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from rl import checkpoint
-from rl.config import Config, ConfigError, load_config
-from rl.data import DatasetError, split_path
+from rl.core.config import Config, ConfigError, load_config
+from rl.core.data import DatasetError, split_path
+from rl.core.progress import Progress
 from rl.evaluate import HEADLINE, evaluate_split, write_evaluation
-from rl.plots import plot_final_metrics, plot_reward_curves, read_scalars
-from rl.progress import Progress
 from rl.report import summarize, write_report, write_results_csv
-from rl.sweep_spec import Run, SweepError, SweepSpec, eval_overrides, expand, load_spec, validate
+from rl.tools.plots import plot_final_metrics, plot_reward_curves, read_scalars
+from rl.tools.sweep_spec import Run, SweepError, SweepSpec, eval_overrides, expand, load_spec, validate
 
 DONE, ERROR = "DONE", "error.txt"
 START = "start"  # the report's row for the checkpoint before GRPO
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 RunFn = Callable[[SweepSpec, Run], None]  # trains one run; raises when it fails
 
@@ -103,7 +103,7 @@ def run_ray_job(spec: SweepSpec, run: Run, poll_s: float = 5.0) -> None:
 def train_all(spec: SweepSpec, configs: dict[Run, Config], run_fn: RunFn, log: Callable[[str], Any] = print
               ) -> None:
     """Every unfinished run in order; a failure is written to the run's error.txt and the next run starts.
-    Progress (`rl.progress`) counts the unfinished runs: the ETA is the time per run trained now."""
+    Progress (`rl.core.progress`) counts the unfinished runs: the ETA is the time per run trained now."""
     with Progress(sum(not is_done(run) for run in configs), "sweep runs", log=log) as bar:
         for i, (run, cfg) in enumerate(configs.items(), 1):
             tag = f"[{i}/{len(configs)}] {run.variant} seed {run.seed}"
@@ -237,8 +237,8 @@ def run_sweep(spec: SweepSpec, run_fn: RunFn | None = None, log: Callable[[str],
     import ray
 
     from rl.cluster import connect
+    from rl.core.platform import get_platform
     from rl.launch import prepare
-    from rl.platform import get_platform
 
     runs = expand(spec)
     configs = validate(spec, runs)
@@ -268,7 +268,7 @@ def run_sweep(spec: SweepSpec, run_fn: RunFn | None = None, log: Callable[[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rl.sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rl.tools.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="sweep file (YAML), e.g. conf/sweeps/reward_ablation.yaml")
     parser.add_argument("--mode", choices=["local", "ray_job"], help="override the file's mode")
     parser.add_argument("--output-dir", help="override the file's output_dir")

@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m rl.bench NAME [options]`.
+"""Benchmarks: `python -m rl.tools.bench NAME [options]`.
 
 Each bench prints human-readable lines and ends with exactly one JSON line (its machine-readable
 result). Benches import what they need lazily, so listing them never pulls in torch or Ray.
@@ -13,16 +13,16 @@ import sys
 
 # name -> (module with `run(argv: list[str]) -> dict`, one-line description)
 BENCHES: dict[str, tuple[str, str]] = {
-    "rewards": ("rl.bench_rewards", "score_batch vs a per-sample pure-Python reward, 20,000 completions"),
-    "sync": ("rl.bench_sync", "weight sync into R vLLM engines vs a raw broadcast of the same bytes"),
-    "rollout": ("rl.bench_rollout", "RolloutWorker over Ray vs vllm.LLM.generate in-process, tokens/s"),
-    "learner": ("rl.bench_learner", "GRPO update through Ray learner actors (DeepSpeed) vs a plain PyTorch loop"),
-    "step": ("rl.bench_step", "seconds per GRPO step, ours vs TRL's GRPOTrainer, same model, data, rewards"),
+    "rewards": ("rl.tools.bench_rewards", "score_batch vs a per-sample pure-Python reward, 20,000 completions"),
+    "sync": ("rl.tools.bench_sync", "weight sync into R vLLM engines vs a raw broadcast of the same bytes"),
+    "rollout": ("rl.tools.bench_rollout", "RolloutWorker over Ray vs vllm.LLM.generate in-process, tokens/s"),
+    "learner": ("rl.tools.bench_learner", "GRPO update through Ray learner actors (DeepSpeed) vs a plain PyTorch loop"),
+    "step": ("rl.tools.bench_step", "seconds per GRPO step, ours vs TRL's GRPOTrainer, same model, data, rewards"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: python -m rl.bench NAME [options]", "benches:"]
+    lines = ["usage: python -m rl.tools.bench NAME [options]", "benches:"]
     lines += [f"  {name:12s} {description}" for name, (_, description) in BENCHES.items()]
     return "\n".join(lines)
 

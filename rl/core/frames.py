@@ -3,7 +3,7 @@
 - relative N (`data.coord_frame: 1000`, Qwen3-VL): both axes run 0..N whatever the image's size;
 - `qwen25_pixels` (Qwen2.5-VL): absolute pixels of the image as the Qwen2.5-VL processor resizes it
   (`smart_resize` with `model.min_pixels` / `model.max_pixels`), so each image has its own extent.
-- original pixels (what datasets ship; `rl.convert` reads them): pixels of the image file itself.
+- original pixels (what datasets ship; `rl.core.convert` reads them): pixels of the image file itself.
 
 Moving a box between frames scales each axis, and IoU / GIoU of axis-aligned boxes do not change under
 that: rewards and metrics compare boxes of one frame and need no frame (rewards/ stays frame-free).
@@ -115,7 +115,7 @@ def rescale(box: Sequence[float], source: Extent, target: Extent) -> list[float]
     return [x1 / sw * tw, y1 / sh * th, x2 / sw * tw, y2 / sh * th]
 
 
-# ---------------------------------------------------------------- command lines (rl.data check / convert)
+# ---------------------------------------------------------------- command lines (rl.core.data check / convert)
 
 
 def add_frame_arguments(parser: argparse.ArgumentParser, what: str) -> None:

@@ -1,4 +1,4 @@
-"""`python -m rl.bench step`: seconds per GRPO step of ours (rl.trainer.GRPOTrainer: vLLM engines, reward
+"""`python -m rl.tools.bench step`: seconds per GRPO step of ours (rl.trainer.GRPOTrainer: vLLM engines, reward
 service, DeepSpeed learner, weight sync, all Ray actors) vs TRL's `GRPOTrainer` (transformers generate
 in-process) on the same tiny Qwen3-VL, the same prompts in the same order, the same reward (our
 `rewards.score_batch`, called from TRL), group size, completion length, loss settings and optimizer,
@@ -111,10 +111,10 @@ class Ours:
 
 def _trl_dataset(rows: list[Any]) -> Any:
     """Conversational prompts with the image in an "image" column (TRL inserts the image part in front
-    of the text: the same [image, text] user turn as rl.data.chat_messages) and the reference answer."""
+    of the text: the same [image, text] user turn as rl.core.data.chat_messages) and the reference answer."""
     from datasets import Dataset, Features, Image, Value
 
-    from rl.data import load_image
+    from rl.core.data import load_image
 
     features = Features({"prompt": [{"role": Value("string"), "content": Value("string")}],
                          "image": Image(), "answer": Value("string")})
@@ -131,7 +131,7 @@ def _run_trl(cfg: Any, args: argparse.Namespace, rows: list[Any], run_dir: Path,
     from trl import GRPOConfig, GRPOTrainer
 
     from rewards import score_batch
-    from rl.model_parts import freeze_vision_encoder
+    from rl.core.model_parts import freeze_vision_encoder
 
     timing: dict[str, list[float]] = {"loop": [], "compute": [], "generate_score": [], "reward": []}
     history: list[dict[str, float]] = []
@@ -210,7 +210,7 @@ def _run_trl(cfg: Any, args: argparse.Namespace, rows: list[Any], run_dir: Path,
 
 
 def run(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m rl.bench step")
+    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench step")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--group-size", type=int, default=4, help="G samples per prompt (TRL's num_generations)")
     parser.add_argument("--max-tokens", type=int, default=32, help="max completion tokens")
@@ -234,9 +234,9 @@ def run(argv: list[str]) -> dict:
     import torch
 
     from rl.cluster import connect
-    from rl.config import load_config
-    from rl.data import PromptOrder, ensure_dataset, load_split
-    from rl.platform import apply_env, get_platform
+    from rl.core.config import load_config
+    from rl.core.data import PromptOrder, ensure_dataset, load_split
+    from rl.core.platform import apply_env, get_platform
     from rl.tiny import ensure_model
 
     torch.set_num_threads(args.threads)  # TRL trains and generates in this process

@@ -1,4 +1,4 @@
-"""`python -m rl.bench rollout`: the same prompts (with images, G samples each) through `vllm.LLM.generate`
+"""`python -m rl.tools.bench rollout`: the same prompts (with images, G samples each) through `vllm.LLM.generate`
 in this process and through `RolloutWorker` actors over Ray, at the same engine count (one), in one run.
 
 Rounds alternate direct / Ray so the machine's noise hits both alike; the median round counts. Also
@@ -22,7 +22,7 @@ def reference_logprobs(model, processor, image, prompt_text: str, prompt_ids: li
                        response_ids: list[int]) -> torch.Tensor:
     """log p(response token | prefix) from a transformers forward over prompt + response, with the
     engine's logit bias on the vision tokens (the distribution vLLM samples and reports).  # [T]"""
-    from rl.model_parts import VISION_TOKEN_BIAS, vision_token_ids
+    from rl.core.model_parts import VISION_TOKEN_BIAS, vision_token_ids
 
     inputs = processor(text=[prompt_text], images=[image], return_tensors="pt")
     if inputs["input_ids"][0].tolist() != prompt_ids:
@@ -39,7 +39,7 @@ def reference_logprobs(model, processor, image, prompt_text: str, prompt_ids: li
 
 
 def run(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m rl.bench rollout")
+    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench rollout")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=48)
@@ -49,9 +49,9 @@ def run(argv: list[str]) -> dict:
     import ray
 
     from actors.rollout import ENGINE_ENV, RolloutPool, build_engine, engine_inputs, sampling_params
-    from rl.config import load_config
-    from rl.data import ensure_dataset, load_split
-    from rl.platform import apply_env, get_platform
+    from rl.core.config import load_config
+    from rl.core.data import ensure_dataset, load_split
+    from rl.core.platform import apply_env, get_platform
     from rl.tiny import ensure_model
 
     cfg = load_config(overrides=[f"model.path={CACHE / 'tiny-qwen3vl'}", f"data.path={CACHE / 'synthetic'}",
@@ -105,7 +105,7 @@ def _logprob_agreement(cfg, pool, rows) -> torch.Tensor:
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
     from actors.rollout import render_prompt
-    from rl.data import load_image
+    from rl.core.data import load_image
 
     processor = AutoProcessor.from_pretrained(cfg.model.path)
     model = Qwen3VLForConditionalGeneration.from_pretrained(cfg.model.path).eval()

@@ -1,4 +1,4 @@
-"""`python -m rl.bench rewards`: `rewards.score_batch` against the per-sample pure-Python baseline.
+"""`python -m rl.tools.bench rewards`: `rewards.score_batch` against the per-sample pure-Python baseline.
 
 Both score the same 20,000 realistic GRPO completions (8 per reference: 1-3 labels, 1-4 boxes,
 jitter, dropped / extra / duplicate boxes, wrong labels, broken tags and JSON, <answer> wrappers),
@@ -138,9 +138,9 @@ def run(argv: list[str]) -> dict:
     """Time both sides; the JSON figures use CPU time (both are single-threaded), which co-tenants on a
     shared machine cannot inflate; wall times are printed next to them."""
     from rewards import KEYS, clear_reference_cache, score_batch
-    from rl.bench_reference import reference_score
+    from rl.tools.bench_reference import reference_score
 
-    parser = argparse.ArgumentParser(prog="python -m rl.bench rewards")
+    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench rewards")
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs, for both sides")

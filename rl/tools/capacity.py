@@ -1,5 +1,5 @@
 """Capacity plan on paper: memory per GPU and seconds per GRPO step for a config on a stated model and
-hardware. docs/scaling.md quotes `python -m rl.capacity CONFIG...`; a test keeps the two equal.
+hardware. docs/scaling.md quotes `python -m rl.tools.capacity CONFIG...`; a test keeps the two equal.
 
 Every figure is arithmetic on the config (layout, batch, lengths, pixels) and on the stated
 assumptions below (model shape, MI210 datasheet, efficiencies, link speeds). The efficiencies are
@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from rl.config import Config, load_config
+from rl.core.config import Config, load_config
 
 GB = 1e9
 
@@ -277,7 +277,7 @@ def problems(args: list[str], model: str = "qwen3vl-8b", gpu: str = "mi210") -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rl.capacity", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m rl.tools.capacity", description=__doc__.splitlines()[0],
                                      epilog="Exits 1, naming each, when a stage's memory does not fit one GPU.")
     parser.add_argument("configs", nargs="+", metavar="CONFIG.yaml [key=value ...]")
     parser.add_argument("--model", choices=sorted(MODELS), default="qwen3vl-8b",

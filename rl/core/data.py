@@ -2,7 +2,7 @@
 
 A row is one JSON object per line: {"image": path, "prompt": str, "answer": str}. Image paths resolve
 against the JSONL file's folder and must stay inside it (or inside `data.image_roots`). Answers name
-boxes in the coordinate frame of `data.coord_frame` (rl/frames.py; Qwen3-VL: relative 0-1000):
+boxes in the coordinate frame of `data.coord_frame` (rl/core/frames.py; Qwen3-VL: relative 0-1000):
 "Nodule <box>[[x1, y1, x2, y2], ...]</box> Mass <box>[[...]]</box>", or "No findings." for none.
 """
 
@@ -22,8 +22,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from rl.config import DataConfig
-from rl.frames import CoordFrame, Extent, add_frame_arguments, frame_from_arguments, parse_frame
+from rl.core.config import DataConfig
+from rl.core.frames import CoordFrame, Extent, add_frame_arguments, frame_from_arguments, parse_frame
 
 CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Fracture", "Lesion")
 NO_FINDINGS = "No findings."
@@ -278,7 +278,7 @@ def load_split(path: Path, *, frame: CoordFrame | int = 1000, on_error: Literal[
                check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False,
                image_roots: Sequence[str | Path] = ()) -> LoadedSplit:
     """Read and validate a JSONL split. Bad rows raise DatasetError, or with on_error="skip" are counted.
-    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.data check` does).
+    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.core.data check` does).
     `image_roots`: folders besides the file's own that image paths may resolve into (`data.image_roots`).
     `frame`: what box numbers mean (`Config.frame()`); a per-image frame reads every image's header."""
     if on_error not in ("raise", "skip"):
@@ -507,18 +507,19 @@ class PromptOrder:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
 
-# ---------------------------------------------------------------- python -m rl.data check FILE.jsonl
+# ---------------------------------------------------------------- python -m rl.core.data check FILE.jsonl
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`check FILE.jsonl ...`: one `FILE:LINE: reason` line per bad row, then `N rows, K bad`; exit 1 if
     any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image.
-    `convert FORMAT SRC --out OUT.jsonl`: foreign datasets to our rows (rl/convert.py)."""
+    `convert FORMAT SRC --out OUT.jsonl`: foreign datasets to our rows (rl/core/convert.py)."""
     import argparse
 
-    from rl.convert import add_convert_parser, run_convert  # here: rl.convert imports this module
+    from rl.core.convert import add_convert_parser, run_convert  # here: rl.core.convert imports this module
 
-    parser = argparse.ArgumentParser(prog="python -m rl.data", description="Validate or convert grounding datasets.")
+    parser = argparse.ArgumentParser(prog="python -m rl.core.data",
+                                     description="Validate or convert grounding datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate JSONL files without training")
     check.add_argument("files", nargs="+", type=Path)

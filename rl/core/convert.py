@@ -1,9 +1,9 @@
-"""Foreign grounding datasets to our JSONL rows (`python -m rl.data convert FORMAT SRC --out OUT.jsonl`).
+"""Foreign grounding datasets to our JSONL rows (`python -m rl.core.data convert FORMAT SRC --out OUT.jsonl`).
 
 Formats: COCO detection json (`coco`), RefCOCO / VLM-R1 REC and OVD jsonl (`refcoco`), and jsonl or csv
 with one pixel box per record (`pixels`). Boxes arrive in pixels, either of the original image or of the
 image as a Qwen2.5-VL processor resized it (`smart_resize`), and leave in the frame of `--frame`
-(rl/frames.py): relative 0..N (Qwen3-VL: x = x_pixel / width * 1000) or Qwen2.5-VL's resized-image pixels
+(rl/core/frames.py): relative 0..N (Qwen3-VL: x = x_pixel / width * 1000) or Qwen2.5-VL's resized-image pixels
 (x = x_pixel / width * resized width). Every record that cannot be converted is named with its reason
 and counted; nothing is dropped silently (docs/data.md, "Your own data").
 """
@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rl.data import (
+from rl.core.data import (
     NO_FINDINGS,
     answer_instruction,
     format_answer,
@@ -31,7 +31,7 @@ from rl.data import (
     parse_reference_boxes,
     path_problem,
 )
-from rl.frames import (
+from rl.core.frames import (
     QWEN25_MAX_PIXELS,
     QWEN25_MERGE_SIZE,
     QWEN25_MIN_PIXELS,
