@@ -9,6 +9,7 @@ local one where a stage needs Ray.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,27 +38,22 @@ def prepare(cfg: Config, stages: Sequence[str] = ()) -> None:
         split_path(cfg.data.path, cfg.data.val_split, "data.val_split")
 
 
-def _preview(cfg: Config) -> None:
-    from rl.preview import run_preview
+def _stage(target: str) -> Callable[[Config], Config | None]:
+    """The runner `module:function`, imported when it runs: the stage modules sit above this front door (each
+    offers its own `python -m` through it), so naming them here by string keeps the imports one-way, and
+    `--help` pulls in no torch."""
+    module, function = target.split(":")
 
-    run_preview(cfg)
+    def run(cfg: Config) -> Config | None:
+        return getattr(importlib.import_module(module), function)(cfg)
 
-
-def _sft(cfg: Config) -> Config:
-    from rl.sft import run_sft
-
-    return run_sft(cfg)  # model.path = sft.output_dir for the stages after it
+    return run
 
 
 # Stage name -> runner. A runner may return an updated Config for the stages after it (sft does: they
-# start from its checkpoint); None keeps the config as it was.
-def _grpo(cfg: Config) -> None:
-    from rl.trainer import run_grpo
-
-    run_grpo(cfg)
-
-
-STAGES: dict[str, Callable[[Config], Config | None]] = {"preview": _preview, "sft": _sft, "grpo": _grpo}
+# start from its checkpoint, model.path = sft.output_dir); None keeps the config as it was.
+STAGES: dict[str, Callable[[Config], Config | None]] = {
+    "preview": _stage("rl.preview:run_preview"), "sft": _stage("rl.sft:run_sft"), "grpo": _stage("rl.trainer:run_grpo")}
 
 
 def build_parser(prog: str = "python -m rl.launch", description: str | None = None) -> argparse.ArgumentParser:

@@ -143,7 +143,7 @@ class DataConfig(Section):
         if self.synthetic is not None and self.coord_frame == QWEN25_PIXELS:
             raise ValueError("data.coord_frame=qwen25_pixels: the synthetic generator (data.synthetic) writes a "
                              "relative frame; set data.synthetic=null and convert your data into this frame "
-                             "(python -m rl.core.data convert ... --frame qwen25_pixels), or use a relative frame")
+                             "(python -m rl.dataset convert ... --frame qwen25_pixels), or use a relative frame")
         return self
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from rl.core.config import DataConfig
-from rl.core.frames import CoordFrame, Extent, add_frame_arguments, frame_from_arguments, parse_frame
+from rl.core.frames import CoordFrame, Extent, parse_frame
 
 CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Fracture", "Lesion")
 NO_FINDINGS = "No findings."
@@ -278,7 +278,7 @@ def load_split(path: Path, *, frame: CoordFrame | int = 1000, on_error: Literal[
                check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False,
                image_roots: Sequence[str | Path] = ()) -> LoadedSplit:
     """Read and validate a JSONL split. Bad rows raise DatasetError, or with on_error="skip" are counted.
-    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.core.data check` does).
+    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.dataset check` does).
     `image_roots`: folders besides the file's own that image paths may resolve into (`data.image_roots`).
     `frame`: what box numbers mean (`Config.frame()`); a per-image frame reads every image's header."""
     if on_error not in ("raise", "skip"):
@@ -505,50 +505,3 @@ class PromptOrder:
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "cursor": self.cursor}
-
-
-# ---------------------------------------------------------------- python -m rl.core.data check FILE.jsonl
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`check FILE.jsonl ...`: one `FILE:LINE: reason` line per bad row, then `N rows, K bad`; exit 1 if
-    any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image.
-    `convert FORMAT SRC --out OUT.jsonl`: foreign datasets to our rows (rl/core/convert.py)."""
-    import argparse
-
-    from rl.core.convert import add_convert_parser, run_convert  # here: rl.core.convert imports this module
-
-    parser = argparse.ArgumentParser(prog="python -m rl.core.data",
-                                     description="Validate or convert grounding datasets.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate JSONL files without training")
-    check.add_argument("files", nargs="+", type=Path)
-    add_frame_arguments(check, "of the boxes")
-    check.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS, help="largest image, width x height")
-    check.add_argument("--image-root", action="append", default=[], type=Path, metavar="DIR",
-                       help="a folder image paths may point into besides the file's own (data.image_roots); "
-                            "repeatable")
-    add_convert_parser(sub)
-    args = parser.parse_args(argv)
-    if args.command == "convert":
-        return run_convert(args)
-    rows = bad = 0
-    frame = frame_from_arguments(args)
-    for file in args.files:
-        try:
-            loaded = load_split(file, frame=frame, on_error="skip", max_pixels=args.max_pixels, decode=True,
-                                image_roots=args.image_root)
-        except OSError as e:
-            print(f"{file}: cannot read ({e.strerror or e})")
-            bad += 1
-            continue
-        for line in loaded.skipped:
-            print(line)
-        rows += len(loaded.rows) + len(loaded.skipped)
-        bad += len(loaded.skipped)
-    print(f"{rows} rows, {bad} bad")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rl.core.data import DatasetError, load_split, main
+from rl.core.data import DatasetError, load_split
+from rl.dataset import main
 
 GOOD = {"image": "ok.png", "prompt": "p", "answer": "Mass <box>[[0, 0, 10, 10]]</box>"}
 KEYS = ("image", "prompt", "answer")

@@ -43,6 +43,8 @@ def test_rl_holds_only_its_three_layers():
     ("rl/core/grpo.py", "import actors.remote"),  # the core reaching up into the actors
     ("rl/core/grpo.py", "import rl.checkpoint"),  # ... or into the driver
     ("rl/checkpoint.py", "import rl.tools.plots"),  # the driver importing a tool
+    ("rl/ap.py", "import rl.trainer"),  # a cycle between driver modules (rl.trainer -> rl.evaluate -> rl.ap)
+    ("rl/core/frames.py", "import rl.core.data"),  # ... or inside a folder (rl.core.data -> rl.core.frames)
     ("rewards/geometry.py", "import rl.core.grpo"),  # rewards stays pure
 ])
 def test_each_contract_bites(tmp_path, module, planted):
