@@ -41,6 +41,7 @@ from actors.learner_batch import (
 )
 from actors.remote import ActorCallError, Locatable, bind_host, gather, label, listening_store
 from actors.weight_sync import TensorMeta, WeightSource
+from rl.core.atomic import replace_dir
 from rl.core.config import Config
 from rl.core.grpo import lr_factor
 from rl.core.model_parts import freeze_vision_encoder, numel, optimizer_groups, shape
@@ -416,11 +417,7 @@ class Learner(WeightSource, Locatable):
         written |= save_state(self.engine, tmp)
         dist.barrier()
         if self.rank == 0:
-            old = final.with_name(f".{final.name}.old")
-            if final.exists():
-                os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, final)
         dist.barrier()
         return written
 

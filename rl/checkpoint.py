@@ -15,7 +15,6 @@ manifest too: that is weights-only loading's job (docs/security.md).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.checkpoint_files import CorruptCheckpointError, check_digest, manifest_entry
+from rl.core.atomic import atomic_dir
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
@@ -49,17 +49,12 @@ def save(root: str | Path, step: int, write_model: Callable[[Path], dict[str, di
     final = step_dir(root, step)
     tmp = final.with_name(f".{final.name}{TMP_SUFFIX}")
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        hashed = write_model(tmp / MODEL) or {}
-        (tmp / STATE).write_text(json.dumps(state, indent=1))
-        known = {f"{MODEL}/{rel}": entry for rel, entry in hashed.items()}
-        (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, known), indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        with atomic_dir(final, tmp) as tmp:  # on an error the partial write is deleted: frees what it took
+            hashed = write_model(tmp / MODEL) or {}
+            (tmp / STATE).write_text(json.dumps(state, indent=1))
+            known = {f"{MODEL}/{rel}": entry for rel, entry in hashed.items()}
+            (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, known), indent=1))
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)  # frees what the partial write took
         where = exc.filename or tmp
         previous = complete(root)
         raise CheckpointError(f"could not write checkpoint step {step}: {exc.strerror or exc} ({where}); "

@@ -22,11 +22,11 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rl.core.atomic import atomic_dir
 from rl.core.config import Config, ConfigError, LearnerConfig, ModelConfig
 from rl.core.data import DatasetError
 from rl.core.model_parts import freeze_vision_encoder
@@ -250,20 +250,9 @@ def _link_or_copy(src: str, dst: str) -> None:
 def publish(checkpoint: Path, output_dir: Path, summary: dict[str, Any]) -> Path:
     """Copy `checkpoint` (hard links where possible) to a temporary sibling of `output_dir`, then rename it
     into place: readers see the old checkpoint or the new one, never half of one."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    old = None
-    try:
-        shutil.copytree(checkpoint, tmp, copy_function=_link_or_copy)
+    with atomic_dir(output_dir) as tmp:
+        shutil.copytree(checkpoint, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-        if output_dir.exists():
-            old = output_dir.parent / f"{tmp.name}.old"
-            os.rename(output_dir, old)
-        os.rename(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return output_dir
 
 

@@ -17,11 +17,11 @@ import math
 import os
 import re
 import string
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rl.core.atomic import temporary_sibling
 from rl.core.data import (
     NO_FINDINGS,
     answer_instruction,
@@ -391,7 +391,7 @@ def write_jsonl(rows: Sequence[dict], out: Path, force: bool) -> None:
     """Write rows to a temporary sibling, then publish it: by a hard link that fails when OUT exists
     (nothing the user owns is overwritten), or with --force by an atomic rename over it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_sibling(out)
     try:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         if force:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from rl.core.atomic import atomic_dir, replace_dir
 from rl.core.config import DataConfig
 from rl.core.frames import CoordFrame, Extent, parse_frame
 
@@ -397,16 +395,11 @@ def generate_synthetic(out_dir: Path, *, num_train: int, num_val: int, num_test:
         return paths
     if out_dir.exists() and any(out_dir.iterdir()) and _manifest(out_dir) is None:
         raise FileExistsError(f"{out_dir} is not empty and holds no {MANIFEST}; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    # The manifest goes in last, and the folder appears only by rename: a crash leaves no half dataset.
+    with atomic_dir(out_dir, publish=lambda tmp, final: _publish(tmp, final, params)) as tmp:
         for split_index, split in enumerate(SPLITS):
             _write_split(tmp, split, split_index, counts[split], params)
-        # The manifest goes in last, and the folder appears only by rename: a crash leaves no half dataset.
         (tmp / MANIFEST).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
-        _publish(tmp, out_dir, params)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return paths
 
 
@@ -436,17 +429,11 @@ def _publish(tmp: Path, out_dir: Path, params: dict) -> None:
     """Rename tmp to out_dir, replacing an older generated dataset; tolerate a concurrent writer."""
     if _manifest(out_dir) == params:
         return  # a concurrent writer already published the same dataset
-    old = None
-    if out_dir.exists():  # empty, or one of ours with other parameters: move it aside first
-        old = out_dir.parent / f"{tmp.name}.old"
-        os.rename(out_dir, old)
     try:
-        os.rename(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except OSError:
         if _manifest(out_dir) != params:  # another process won the race with the same dataset: fine
             raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- wiring to the config and the model
