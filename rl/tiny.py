@@ -15,11 +15,9 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from rl.core.atomic import atomic_dir, replace_dir
 from rl.core.config import ModelConfig, TinyModelConfig
 from rl.core.model_path import TINY_MARKER, check_checkpoint, check_tiny_target
 
@@ -163,9 +161,7 @@ def build_tiny_model(out: str | Path, cfg: TinyModelConfig | None = None, *,
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
         return out
     check_tiny_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, publish=_publish) as tmp:
         tokenizer = build_tokenizer()
         processor = build_processor(tokenizer, min_pixels, max_pixels, cfg)
         config = build_model_config(cfg, tokenizer)
@@ -181,27 +177,14 @@ def build_tiny_model(out: str | Path, cfg: TinyModelConfig | None = None, *,
         processor.save_pretrained(tmp)
         params = sum(p.numel() for p in model.parameters())
         (tmp / MARKER).write_text(json.dumps({"fingerprint": fingerprint, "parameters": params}))
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished build to `out`; an earlier build (or empty folder) there is moved aside first and
-    deleted only once the new one is in place. Checked again here: the folder may have changed meanwhile."""
+    """Rename the finished build to `out` (replace_dir: an earlier build, empty folder or link there is
+    replaced). Checked again here: the folder may have changed meanwhile."""
     check_tiny_target(out)
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f"{tmp.name}.old")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is None:
-        return
-    if old.is_symlink():  # the link is replaced; the folder it pointed to stays as it was
-        old.unlink()
-    else:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)
 
 
 def ensure_model(model: ModelConfig) -> Path:

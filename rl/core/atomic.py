@@ -32,7 +32,9 @@ def replace_dir(tmp: Path, final: Path) -> None:
             old = None
         raise
     finally:
-        if old is not None:
+        if old is not None and old.is_symlink():  # a link is replaced; the folder it pointed to stays as it was
+            old.unlink()
+        elif old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
 
