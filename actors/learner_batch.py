@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rl.core.chunks import balanced_sizes
 from rl.core.config import GRPOConfig
 from rl.core.data import load_image
 from rl.core.grpo import grpo_loss, token_logprobs, truncated_is_weights
@@ -280,12 +281,6 @@ def shared_prefix_mask(segments: Tensor) -> Tensor:  # [b, S] -> [b, 1, S, S] bo
 
 
 # ---------------------------------------------------------------- splitting a batch
-
-def balanced_sizes(count: int, parts: int) -> list[int]:
-    """`count` items in `parts` contiguous runs whose sizes differ by at most one (larger first)."""
-    base, extra = divmod(count, parts)
-    return [base + (i < extra) for i in range(parts)]
-
 
 def shard_for_learners(count: int, num_learners: int, num_mini_batches: int) -> list[tuple[list[int], list[int]]]:
     """Per learner: (indices into the global batch, its share of each mini-batch).

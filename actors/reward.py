@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 from actors.remote import ActorCallError, Locatable, Retry, gather, label
 from rewards import RewardConfig, score_batch
 from rewards.config import resolve_extra
+from rl.core.chunks import balanced_ranges
 
 
 class RewardServiceError(ActorCallError):
@@ -61,15 +62,9 @@ class PendingRewards:
 
 
 def split_bounds(size: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) ranges of range(size), at most `parts`, sizes differing by at most one."""
-    base, extra = divmod(size, parts)
-    bounds, start = [], 0
-    for i in range(parts):
-        stop = start + base + (i < extra)
-        if stop > start:
-            bounds.append((start, stop))
-        start = stop
-    return bounds
+    """Contiguous [start, stop) ranges of range(size), at most `parts` (no empty one: an idle reward actor
+    gets no call), sizes differing by at most one."""
+    return [(r.start, r.stop) for r in balanced_ranges(size, parts) if r]
 
 
 def merge(parts: Sequence[dict[str, np.ndarray]], size: int) -> RewardBatch:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors.remote import ActorCallError, Locatable, Retry, gather, label
 from actors.weight_sync import EXTENSION as WEIGHT_RECEIVER
+from rl.core.chunks import balanced_ranges
 from rl.core.config import ModelConfig, RolloutConfig
 from rl.core.data import DatasetError, GroundingRow, chat_messages, load_image
 from rl.core.model_parts import VISION_TOKEN_BIAS, vision_token_ids
@@ -362,12 +363,12 @@ class RolloutPool:
         `recover(i, err)`: called when worker i dies or hangs; it replaces the worker (`restart`) and
         brings it to the current weights, and only worker i's share is generated again, by the same
         seed: a fault changes timing, never samples. Without it, the error is raised."""
-        chunks = balanced_chunks(len(rows), len(self.workers))
+        chunks = balanced_ranges(len(rows), len(self.workers))
         busy = [i for i, idx in enumerate(chunks) if idx]
 
         def submit(i: int) -> Any:
-            return self.workers[i].generate.remote([rows[j] for j in chunks[i]], chunks[i], n, greedy, max_tokens,
-                                                   None if seed is None else seed + i)
+            return self.workers[i].generate.remote([rows[j] for j in chunks[i]], list(chunks[i]), n, greedy,
+                                                   max_tokens, None if seed is None else seed + i)
 
         labels = [self.labels[i] for i in busy]
         retry: Retry | None = None
@@ -399,12 +400,3 @@ class RolloutPool:
 
     def _call(self, phase: str, refs: list[Any], names: Sequence[str] | None = None) -> list[Any]:
         return gather(refs, names or self.labels, phase, self.timeout_s, RolloutWorkerError)
-
-
-def balanced_chunks(count: int, parts: int) -> list[list[int]]:
-    """Split range(count) into `parts` contiguous chunks whose sizes differ by at most one."""
-    base, extra = divmod(count, parts)
-    bounds = [0]
-    for i in range(parts):
-        bounds.append(bounds[-1] + base + (i < extra))
-    return [list(range(bounds[i], bounds[i + 1])) for i in range(parts)]

@@ -83,7 +83,7 @@ class PlainLoop:
     def update(self, samples: list[Any]) -> float:
         import torch
 
-        from actors.learner_batch import balanced_sizes
+        from rl.core.chunks import balanced_sizes
         from rl.core.grpo import grpo_loss
 
         lc, g = self.cfg.learner, self.cfg.grpo

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from actors.rollout import PromptFitter, balanced_chunks, render_prompt
+from actors.rollout import PromptFitter, render_prompt
+from rl.core.chunks import balanced_ranges
 
 
 @pytest.mark.parametrize("count, parts, sizes", [(10, 3, [4, 3, 3]), (2, 3, [1, 1, 0]), (0, 2, [0, 0]),
                                                  (8, 1, [8])])
 def test_balanced_chunks_cover_in_order(count, parts, sizes):
-    chunks = balanced_chunks(count, parts)
+    chunks = balanced_ranges(count, parts)
     assert [len(c) for c in chunks] == sizes
     assert [i for c in chunks for i in c] == list(range(count))
 
