@@ -127,10 +127,9 @@ class Evaluation:
 
 def evaluate_split(cfg: Config, pool: Any) -> Evaluation:
     """`cfg.data.split` (its first `evaluation.max_rows` rows) answered by `pool` and scored."""
-    from rl.core.data import load_split
+    from rl.core.data import load_configured_split
 
-    rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
-                      on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
+    rows = load_configured_split(cfg, Path(cfg.data.path) / f"{cfg.data.split}.jsonl").rows
     rows = rows[: cfg.evaluation.max_rows or None]
     texts, lengths = answer_rows(pool, rows, progress=f"eval {cfg.data.split}")
     metrics = grounding_metrics(texts, [r.answer for r in rows], cfg.rewards, lengths, [r.extent for r in rows])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from actors.rollout import build_engine, engine_inputs, sampling_params
 from rewards import score
 from rl.core.config import Config
-from rl.core.data import load_split
+from rl.core.data import load_configured_split
 from rl.core.platform import apply_env, get_platform
 
 if TYPE_CHECKING:
@@ -25,8 +25,7 @@ def run_preview(cfg: Config, split: str | None = None, num_rows: int = PREVIEW_R
     platform = get_platform(cfg.cluster.platform)
     apply_env(platform)
     split = split or cfg.data.val_split
-    rows = load_split(Path(cfg.data.path) / f"{split}.jsonl", frame=cfg.frame(),
-                      on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows[:num_rows]
+    rows = load_configured_split(cfg, Path(cfg.data.path) / f"{split}.jsonl").rows[:num_rows]
     engine = engine or build_engine(cfg.model, cfg.rollout, platform)
     outputs = engine.generate(engine_inputs(rows, engine.get_tokenizer()),
                               sampling_params(cfg.rollout, n=1, greedy=True), use_tqdm=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rl.core.config import Config
-from rl.core.data import DatasetError, GroundingRow, chat_messages, load_image, load_split, split_path
+from rl.core.data import DatasetError, GroundingRow, chat_messages, load_configured_split, load_image, split_path
 
 if TYPE_CHECKING:
     import datasets
@@ -73,8 +73,7 @@ def load_sft_split(cfg: Config, role: Literal["train", "val"], processor: Any) -
     truncated through the middle of an answer) raise DatasetError naming file:line, or with
     data.on_error=skip are dropped and listed in `skipped`."""
     path = sft_split_path(cfg, role)
-    loaded = load_split(path, frame=cfg.frame(), on_error=cfg.data.on_error,
-                        image_roots=cfg.data.image_roots)
+    loaded = load_configured_split(cfg, path)
     tokenizer = processor.tokenizer
     rows, lengths, prompt_lengths, skipped = [], [], [], list(loaded.skipped)
     for row in loaded.rows:

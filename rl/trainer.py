@@ -34,7 +34,7 @@ from actors.rollout import RolloutPool
 from actors.weight_sync import SyncStats, WeightSync, WeightSyncError
 from rl import checkpoint
 from rl.core.config import Config
-from rl.core.data import GroundingRow, PromptOrder, load_split, split_path
+from rl.core.data import GroundingRow, PromptOrder, load_configured_split, split_path
 from rl.core.grpo import dynamic_sampling_mask, group_advantages
 from rl.core.platform import get_platform
 from rl.core.progress import Progress
@@ -64,8 +64,7 @@ def grpo_rows(cfg: Config) -> tuple[list[GroundingRow], list[GroundingRow]]:
     """The rows GRPO trains on (`data.split`) and the held-out ones (the first `grpo.eval_rows` of
     `data.val_split`; none when it is 0), from `data.path`; DatasetError naming a missing file."""
     def rows(name: str, key: str) -> list[GroundingRow]:
-        return load_split(split_path(cfg.data.path, name, key), frame=cfg.frame(),
-                          on_error=cfg.data.on_error, image_roots=cfg.data.image_roots).rows
+        return load_configured_split(cfg, split_path(cfg.data.path, name, key)).rows
 
     train = rows(cfg.data.split, "data.split")
     return train, rows(cfg.data.val_split, "data.val_split")[:cfg.grpo.eval_rows] if cfg.grpo.eval_rows else []

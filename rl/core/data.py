@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from rl.core.atomic import atomic_dir, replace_dir
-from rl.core.config import DataConfig
+from rl.core.config import Config, DataConfig
 from rl.core.frames import CoordFrame, Extent, parse_frame
 
 CLASSES: tuple[str, ...] = ("Nodule", "Mass", "Fracture", "Lesion")
@@ -464,6 +464,13 @@ def split_path(root: str | Path, name: str, key: str) -> Path:
         raise DatasetError(f"{path}: dataset split not found ({key}={name}; the folder holds "
                            f"{', '.join(present) or 'no .jsonl files'})")
     return path
+
+
+def load_configured_split(cfg: Config, path: Path, on_error: Literal["raise", "skip"] | None = None) -> LoadedSplit:
+    """The split file `path` read as `cfg` says: boxes in its frame (`Config.frame()`), image paths also under
+    `data.image_roots`, bad rows per `data.on_error` unless `on_error` is given."""
+    return load_split(path, frame=cfg.frame(), on_error=on_error or cfg.data.on_error,
+                      image_roots=cfg.data.image_roots)
 
 
 class PromptOrder:

@@ -27,11 +27,10 @@ def _samples(cfg: Any, prompts: int, group: int, response_tokens: int, seed: int
     from transformers import AutoProcessor
 
     from actors.learner import TrainSample
-    from rl.core.data import chat_messages, load_image, load_split
+    from rl.core.data import chat_messages, load_configured_split, load_image
     from rl.core.grpo import group_advantages
 
-    rows = load_split(Path(cfg.data.path) / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
-                      image_roots=cfg.data.image_roots).rows[:prompts]
+    rows = load_configured_split(cfg, Path(cfg.data.path) / f"{cfg.data.split}.jsonl", "raise").rows[:prompts]
     if len(rows) < prompts:
         raise SystemExit(f"{cfg.data.path}/{cfg.data.split}.jsonl has {len(rows)} rows, need {prompts}")
     processor = AutoProcessor.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)

@@ -50,7 +50,7 @@ def run(argv: list[str]) -> dict:
 
     from actors.rollout import ENGINE_ENV, RolloutPool, build_engine, engine_inputs, sampling_params
     from rl.core.config import load_config
-    from rl.core.data import ensure_dataset, load_split
+    from rl.core.data import ensure_dataset, load_configured_split
     from rl.core.platform import apply_env, get_platform
     from rl.tiny import ensure_model
 
@@ -61,8 +61,8 @@ def run(argv: list[str]) -> dict:
     apply_env(platform)
     os.environ.update(ENGINE_ENV)  # the direct engine is built exactly as a RolloutWorker builds its own
     ensure_model(cfg.model)
-    rows = load_split(ensure_dataset(cfg.data) / f"{cfg.data.val_split}.jsonl", frame=cfg.frame(),
-                      image_roots=cfg.data.image_roots).rows[: args.prompts]
+    rows = load_configured_split(cfg, ensure_dataset(cfg.data) / f"{cfg.data.val_split}.jsonl", "raise").rows
+    rows = rows[: args.prompts]
     # Long enough answers to time decoding, not start-up: no early EOS from the random model matters here.
     params = sampling_params(cfg.rollout, n=args.group_size)
 

@@ -235,7 +235,7 @@ def run(argv: list[str]) -> dict:
 
     from rl.cluster import connect
     from rl.core.config import load_config
-    from rl.core.data import PromptOrder, ensure_dataset, load_split
+    from rl.core.data import PromptOrder, ensure_dataset, load_configured_split
     from rl.core.platform import apply_env, get_platform
     from rl.tiny import ensure_model
 
@@ -246,8 +246,7 @@ def run(argv: list[str]) -> dict:
     apply_env(platform)
     ensure_model(cfg.model)
     root = ensure_dataset(cfg.data)
-    train = load_split(root / f"{cfg.data.split}.jsonl", frame=cfg.frame(),
-                       image_roots=cfg.data.image_roots).rows
+    train = load_configured_split(cfg, root / f"{cfg.data.split}.jsonl", "raise").rows
     # TRL (shuffle off) gets exactly the prompts ours draws, in the same order.
     order = PromptOrder(len(train), cfg.seed).take(args.steps * args.prompts)
     rows = [train[i] for i in order]
