@@ -39,7 +39,8 @@ from actors.learner_batch import (
     num_micro_batches,
     shard_for_learners,
 )
-from actors.remote import ActorCallError, Locatable, bind_host, gather, label, listening_store
+from actors.pool import ActorPool
+from actors.remote import ActorCallError, Locatable, bind_host, gather, listening_store
 from actors.weight_sync import TensorMeta, WeightSource
 from rl.core.atomic import replace_dir
 from rl.core.config import Config
@@ -433,7 +434,7 @@ class LearnerError(ActorCallError):
     """A learner died, hung past the timeout, or failed; the message names it and the phase."""
 
 
-class LearnerGroup:
+class LearnerGroup(ActorPool):
     """L `Learner` actors forming one process group. Plain class held by the driver: handles only.
 
     Batches are split so that every learner takes its piece of every global mini-batch
@@ -450,13 +451,16 @@ class LearnerGroup:
         platform = get_platform(cfg.cluster.platform)
         options = {"num_cpus": cfg.learner.cpus_per_learner, "num_gpus": 1 if platform.has_accelerator else 0,
                    "runtime_env": {"env_vars": platform.actor_env()}, **(actor_options or {})}
-        self.names = [f"{name_prefix}-{rank}" for rank in range(self.num_learners)]
+        names = [f"{name_prefix}-{rank}" for rank in range(self.num_learners)]
         pinned = placement.learner_options if placement is not None else lambda rank: {}
         # The placement's options win: they carry the bundle and the actor's share of its GPU.
-        self.actors = [ray.remote(Learner).options(name=name, **{**options, **pinned(rank)}).remote(
-            cfg, rank, self.num_learners) for rank, name in enumerate(self.names)]
+        actor = ray.remote(Learner)
+
+        def start(rank: int) -> Any:
+            return actor.options(name=names[rank], **{**options, **pinned(rank)}).remote(cfg, rank, self.num_learners)
+
         try:
-            self.where = self._call("start", [a.where.remote() for a in self.actors], self.names)
+            super().__init__(names, start, self.timeout_s, LearnerError)
             addr, port = self._call("master_address", [self.actors[0].master_address.remote()], self.labels[:1])[0]
             self.info = self._call("setup", [a.setup.remote(addr, port) for a in self.actors])
         except BaseException:
@@ -491,19 +495,7 @@ class LearnerGroup:
     def load(self, path: str | Path, digests: dict[str, str] | None = None) -> None:
         self._call("load", [a.load.remote(str(path), digests) for a in self.actors])
 
-    def shutdown(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
-
     def _call(self, phase: str, refs: list[Any], names: list[str] | None = None) -> list[Any]:
         """ray.get with the configured timeout; the first learner to die, hang or fail is named (its
         peers are then stuck in a collective: shut the group down)."""
         return gather(refs, names or self.labels, phase, self.timeout_s, LearnerError)
-
-    @property
-    def labels(self) -> list[str]:
-        """Each learner's name, node and process, as errors name it."""
-        return [label(name, where) for name, where in zip(self.names, self.where, strict=True)]

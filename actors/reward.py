@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from actors.remote import ActorCallError, Locatable, Retry, gather, label
+from actors.pool import ActorPool
+from actors.remote import ActorCallError, Locatable, Retry, gather
 from rewards import RewardConfig, score_batch
 from rewards.config import resolve_extra
 from rl.core.chunks import balanced_ranges
@@ -78,7 +79,7 @@ def merge(parts: Sequence[dict[str, np.ndarray]], size: int) -> RewardBatch:
     return RewardBatch(values, {key: float(arr.mean()) if size else 0.0 for key, arr in values.items()})
 
 
-class RewardPool:
+class RewardPool(ActorPool):
     """K `RewardService` actors; splits each batch into K contiguous chunks, one per actor.
 
     Plain class held by the driver: it owns handles only.
@@ -97,25 +98,10 @@ class RewardPool:
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         self.timeout_s = timeout_s
-        self.names = [f"{name_prefix}-{i}" for i in range(num_actors)]
+        names = [f"{name_prefix}-{i}" for i in range(num_actors)]
         actor = ray.remote(RewardService)
-        self._start = lambda i: actor.options(name=self.names[i], num_cpus=num_cpus).remote(self.names[i], config)
-        self.actors = [self._start(i) for i in range(num_actors)]
-        self.where = gather([a.where.remote() for a in self.actors], self.names, "start", timeout_s, RewardServiceError)
-
-    @property
-    def labels(self) -> list[str]:
-        """Each actor's name, node and process, as errors name it."""
-        return [label(name, where) for name, where in zip(self.names, self.where, strict=True)]
-
-    def restart(self, index: int) -> None:
-        """Replace actor `index` (dead, hung or alive) by a fresh one of the same name."""
-        import ray
-
-        ray.kill(self.actors[index], no_restart=True)
-        self.actors[index] = self._start(index)
-        (self.where[index],) = gather([self.actors[index].where.remote()], self.names[index:index + 1], "start",
-                                      self.timeout_s, RewardServiceError)
+        super().__init__(names, lambda i: actor.options(name=names[i], num_cpus=num_cpus).remote(names[i], config),
+                         timeout_s, RewardServiceError)
 
     def submit(
         self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None
@@ -152,9 +138,3 @@ class RewardPool:
         recover: Callable[[int, ActorCallError], None] | None = None,
     ) -> RewardBatch:
         return self.gather(self.submit(completions, references, lengths), recover)
-
-    def shutdown(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)

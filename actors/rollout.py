@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actors.remote import ActorCallError, Locatable, Retry, gather, label
+from actors.pool import ActorPool
+from actors.remote import ActorCallError, Locatable, Retry, gather
 from actors.weight_sync import EXTENSION as WEIGHT_RECEIVER
 from rl.core.chunks import balanced_ranges
 from rl.core.config import ModelConfig, RolloutConfig
@@ -310,10 +311,11 @@ class RolloutWorkerError(ActorCallError):
     """A rollout worker died, hung past the timeout, or failed; the message names it and the phase."""
 
 
-class RolloutPool:
+class RolloutPool(ActorPool):
     """R `RolloutWorker` actors; spreads a step's prompts over them and gathers in the original order.
 
-    Plain class held by the driver (a single controller): it owns handles only, no model."""
+    Plain class held by the driver (a single controller): it owns handles only, no model. A restarted
+    worker holds the model's initial weights (version 0): the caller syncs it to the current version."""
 
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, platform: str = "auto",
                  timeout_s: float = 600.0, name_prefix: str = "rollout", placement: Any = None,
@@ -327,32 +329,20 @@ class RolloutPool:
         options = dict(num_cpus=1, num_gpus=rollout.tensor_parallel_size if resolved.has_accelerator else 0,
                        runtime_env={"env_vars": env})
         self.timeout_s, self.tensor_parallel_size = timeout_s, rollout.tensor_parallel_size
-        self.start_timeout_s = start_timeout_s or timeout_s
-        self.names = [f"{name_prefix}-{i}" for i in range(rollout.num_workers)]
+        names = [f"{name_prefix}-{i}" for i in range(rollout.num_workers)]
         actor = ray.remote(RolloutWorker)
 
         def start(i: int) -> Any:
             pinned = placement.engine_options(i) if placement is not None else {}  # its bundle and GPU share
-            return actor.options(name=self.names[i], **{**options, **pinned}).remote(self.names[i], model, rollout,
-                                                                                   resolved.name)
+            return actor.options(name=names[i], **{**options, **pinned}).remote(names[i], model, rollout,
+                                                                              resolved.name)
 
-        self._start = start
-        self.workers = [start(i) for i in range(len(self.names))]
-        self.where = self._start_call(self.workers, self.names)
+        super().__init__(names, start, start_timeout_s or timeout_s, RolloutWorkerError)
 
     @property
-    def labels(self) -> list[str]:
-        """Each worker's name, node and process, as errors name it."""
-        return [label(name, where) for name, where in zip(self.names, self.where, strict=True)]
-
-    def restart(self, index: int) -> None:
-        """Replace worker `index` (dead, hung or alive) by a fresh one of the same name, holding the
-        model's initial weights (version 0): the caller syncs it to the current version."""
-        import ray
-
-        ray.kill(self.workers[index], no_restart=True)
-        self.workers[index] = self._start(index)
-        (self.where[index],) = self._start_call([self.workers[index]], [self.names[index]])
+    def workers(self) -> list[Any]:
+        """The rollout workers (the pool's actors)."""
+        return self.actors
 
     def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False, max_tokens: int | None = None,
                  seed: int | None = None, recover: Callable[[int, ActorCallError], None] | None = None,
@@ -388,15 +378,6 @@ class RolloutPool:
 
     def policy_versions(self) -> list[int]:
         return self._call("policy_version", [w.policy_version.remote() for w in self.workers])
-
-    def shutdown(self) -> None:
-        import ray
-
-        for worker in self.workers:
-            ray.kill(worker)
-
-    def _start_call(self, workers: list[Any], names: list[str]) -> list[tuple[str, int]]:
-        return gather([w.where.remote() for w in workers], names, "start", self.start_timeout_s, RolloutWorkerError)
 
     def _call(self, phase: str, refs: list[Any], names: Sequence[str] | None = None) -> list[Any]:
         return gather(refs, names or self.labels, phase, self.timeout_s, RolloutWorkerError)
