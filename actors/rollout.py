@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from actors.pool import ActorPool
 from actors.remote import ActorCallError, Locatable, Retry, gather
 from actors.weight_sync import EXTENSION as WEIGHT_RECEIVER
+from actors.weight_sync import SyncGroup
 from rl.core.chunks import balanced_ranges
 from rl.core.config import ModelConfig, RolloutConfig
 from rl.core.data import DatasetError, GroundingRow, chat_messages, load_image
@@ -256,12 +257,10 @@ class RolloutWorker(Locatable):
                 shutil.rmtree(tmp, ignore_errors=True)
         return self._hold(version)
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
-                         timeout_s: float, probe: tuple[str, str] | None = None) -> list[tuple[int, bool]]:
+    def init_weight_sync(self, group: SyncGroup, rank_offset: int) -> list[tuple[int, bool]]:
         """Join the weight-sync group (actors/weight_sync.py); returns, per engine worker, its rank and
         whether it sees the sender's shared-memory probe."""
-        return self.engine.collective_rpc("init_weight_sync",
-                                          args=(host, port, rank_offset, world_size, backend, timeout_s, probe))
+        return self.engine.collective_rpc("init_weight_sync", args=(group, rank_offset))
 
     def receive_weights(self, wire_plan: list, version: int, shared_path: str | None = None) -> dict[str, str]:
         """Receive a sync's buckets into the engine (from shared memory at `shared_path`, if given), hold

@@ -55,6 +55,20 @@ EXTENSION = "actors.weight_sync.WeightReceiver"
 
 
 @dataclass(frozen=True)
+class SyncGroup:
+    """How an engine joins a sync group: the sender's TCPStore (`host`, `port`), the group's size and
+    torch.distributed backend, the deadline of every call in it, and the sender's shared-memory probe
+    (its path and token) when the sender offers shared memory."""
+
+    host: str
+    port: int
+    world_size: int
+    backend: str
+    timeout_s: float
+    probe: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class TensorMeta:
     name: str  # HF parameter name, as the learner's model and the checkpoint call it
     shape: tuple[int, ...]
@@ -238,17 +252,16 @@ class WeightSender:
 class WeightReceiver:
     """vLLM worker extension: joins the sync group and loads each received bucket in place."""
 
-    def init_weight_sync(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
-                         timeout_s: float, probe: tuple[str, str] | None = None) -> tuple[int, bool]:
-        """Join the group; returns this worker's rank and whether it sees the sender's shared-memory
-        probe (`probe`: its path and token)."""
+    def init_weight_sync(self, group: SyncGroup, rank_offset: int) -> tuple[int, bool]:
+        """Join `group`; returns this worker's rank and whether it sees the sender's shared-memory probe."""
         # Each tensor-parallel rank of the engine is its own receiver: rank = offset + tp rank.
         rank = rank_offset + self.rank
-        sees = sees_probe(*probe) if probe else False  # before joining: the sender removes it once all joined
-        self._sync_timeout = timedelta(seconds=timeout_s)
+        # Before joining: the sender removes the probe once all joined.
+        sees = sees_probe(*group.probe) if group.probe else False
+        self._sync_timeout = timedelta(seconds=group.timeout_s)
         self._sync_slots: SharedSlots | None = None
-        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=self._sync_timeout)
-        self._sync_group = process_group(store, rank, world_size, backend, timeout_s)
+        store = dist.TCPStore(group.host, group.port, group.world_size, is_master=False, timeout=self._sync_timeout)
+        self._sync_group = process_group(store, rank, group.world_size, group.backend, group.timeout_s)
         return rank, sees
 
     def receive_weights(self, wire_plan: list[list[list]], shared_path: str | None = None) -> dict[str, str]:
@@ -497,8 +510,8 @@ class WeightSync:
             self.host, world, backend, self.timeout_s, device, offer, self.owner)], [self.source_name])
         # Ranks: 0 the sender, then each engine's TP workers in pool order, which placement makes node
         # order (actors.placement): a broadcast ring then crosses each node boundary once.
-        joins = [w.init_weight_sync.remote(address, port, 1 + i * tp, world, backend, self.timeout_s, probe)
-                 for i, w in enumerate(self.pool.workers)]
+        group = SyncGroup(address, port, world, backend, self.timeout_s, probe)
+        joins = [w.init_weight_sync.remote(group, 1 + i * tp) for i, w in enumerate(self.pool.workers)]
         _, *joined = self._wait("connect", [self.source.connect_weight_sync.remote(), *joins])
         sees = [all(seen for _, seen in workers) for workers in joined]
         shared = choose_transport(self.requested, sees, self.pool.labels) == "shared_memory"

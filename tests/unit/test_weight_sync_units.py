@@ -101,7 +101,7 @@ def test_pipelined_buckets_arrive_in_plan_order_with_the_senders_bytes(shared, t
     slot overwritten too early would show. The shared-memory files are gone after the first sync."""
     import threading
 
-    from actors.weight_sync import WeightReceiver, WeightSender
+    from actors.weight_sync import SyncGroup, WeightReceiver, WeightSender
 
     gen = torch.Generator().manual_seed(0)
     tensors = {f"m.layers.{i}.{kind}.weight": torch.randn(64 + i, 32, generator=gen).to(dtype)
@@ -117,7 +117,7 @@ def test_pipelined_buckets_arrive_in_plan_order_with_the_senders_bytes(shared, t
     connect = threading.Thread(target=sender.connect)
     connect.start()
     probe = (str(sender.probe.path), sender.probe.token) if shared else None
-    assert receiver.init_weight_sync("127.0.0.1", sender.port, 1, 2, "gloo", timeout_s=30, probe=probe) == (1, shared)
+    assert receiver.init_weight_sync(SyncGroup("127.0.0.1", sender.port, 2, "gloo", 30, probe), 1) == (1, shared)
     connect.join()
     assert list(tmp_path.iterdir()) == []  # the probe is removed once every receiver joined
     send = threading.Thread(target=lambda: sent.append(sender.send(plan, iter(tensors.items()), shared)))
