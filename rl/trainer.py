@@ -20,14 +20,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from actors.learner import LearnerGroup
 from actors.learner_batch import TrainSample
-from actors.placement import place
+from actors.placement import Placement, place
 from actors.remote import ActorCallError
 from actors.reward import RewardPool
 from actors.rollout import RolloutPool
@@ -36,7 +36,7 @@ from rl import checkpoint
 from rl.core.config import Config
 from rl.core.data import GroundingRow, PromptOrder, load_configured_split, split_path
 from rl.core.grpo import dynamic_sampling_mask, group_advantages
-from rl.core.platform import get_platform
+from rl.core.platform import Platform, get_platform
 from rl.core.progress import Progress
 from rl.evaluate import evaluate_rows, evaluate_sampled
 from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
@@ -60,6 +60,47 @@ class Collected:
     version: int = 0  # the oldest policy version the kept samples came from
 
 
+@dataclass
+class StepState:
+    """What the loop carries from one call to the next. In off-policy mode step t+1's batch is sampled while
+    step t's update runs on a background thread; `_stop` and `save` need to know where each stands."""
+
+    pending: Collected | None = None  # the next step's batch, sampled during this step's update
+    pending_order: dict[str, int] = field(default_factory=dict)  # the data position before its prompts
+    # What `_stop` saves if the step in flight fails: the data position, and whether its update ran.
+    good: dict[str, Any] = field(default_factory=lambda: {"order": {}, "updated": False})
+    updating: concurrent.futures.Future | None = None  # the update on the background thread
+    trained: Collected | None = None  # the batch the last update trained on
+
+
+class Actors(NamedTuple):
+    placement: Placement
+    learners: LearnerGroup
+    pool: RolloutPool
+    rewards: RewardPool
+    sync: WeightSync
+
+
+def build_actors(cfg: Config, platform: Platform) -> Actors:
+    """Every actor of a GRPO run, placed and wired: learners packed by node (collective ranks in node order),
+    each engine's TP group inside one node, the reward actors, and the weight sync from learner rank 0 (its
+    ZeRO-3 peers gather with it) to every engine."""
+    timeout = cfg.cluster.call_timeout_s
+    # Actor names carry a run tag: two runs on one cluster (or in one Ray namespace) never collide.
+    run = uuid.uuid4().hex[:6]
+    placement = place(cfg, platform, timeout, name=f"grpo-{run}")
+    learners = LearnerGroup(cfg, name_prefix=f"learner-{run}", placement=placement)
+    pool = RolloutPool(cfg.model, cfg.rollout, platform.name, timeout_s=timeout, name_prefix=f"rollout-{run}",
+                       placement=placement, start_timeout_s=cfg.cluster.start_timeout_s)
+    rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout, name_prefix=f"reward-{run}")
+    ws = cfg.weight_sync
+    sync = WeightSync(learners.actors[0], learners.labels[0], pool, ws.bucket_mb, ws.timeout_s, platform,
+                      host=cfg.cluster.host, peers=list(zip(learners.labels[1:], learners.actors[1:], strict=True)),
+                      transport=ws.transport, shm_dir=ws.shm_dir, backend="gloo" if cfg.cluster.colocate else None,
+                      owner=sync_owner(cfg))
+    return Actors(placement, learners, pool, rewards, sync)
+
+
 def grpo_rows(cfg: Config) -> tuple[list[GroundingRow], list[GroundingRow]]:
     """The rows GRPO trains on (`data.split`) and the held-out ones (the first `grpo.eval_rows` of
     `data.val_split`; none when it is 0), from `data.path`; DatasetError naming a missing file."""
@@ -77,32 +118,13 @@ class GRPOTrainer:
         self.rows, self.val_rows = grpo_rows(cfg)
         self.order = PromptOrder(len(self.rows), cfg.seed)
         self.step, self.version = 0, 0
-        timeout = cfg.cluster.call_timeout_s
-        # Actor names carry a run tag: two runs on one cluster (or in one Ray namespace) never collide.
-        run = uuid.uuid4().hex[:6]
-        # Learners packed by node (collective ranks in node order), each engine's TP group inside one node.
-        self.placement = place(cfg, self.platform, timeout, name=f"grpo-{run}")
-        self.learners = LearnerGroup(cfg, name_prefix=f"learner-{run}", placement=self.placement)
-        self.pool = RolloutPool(cfg.model, cfg.rollout, self.platform.name, timeout_s=timeout,
-                                name_prefix=f"rollout-{run}", placement=self.placement,
-                                start_timeout_s=cfg.cluster.start_timeout_s)
-        self.rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout,
-                                  name_prefix=f"reward-{run}")
-        self.sync = WeightSync(self.learners.actors[0], self.learners.labels[0], self.pool, cfg.weight_sync.bucket_mb,
-                               cfg.weight_sync.timeout_s, self.platform, host=cfg.cluster.host,
-                               peers=list(zip(self.learners.labels[1:], self.learners.actors[1:], strict=True)),
-                               transport=cfg.weight_sync.transport, shm_dir=cfg.weight_sync.shm_dir,
-                               backend="gloo" if cfg.cluster.colocate else None, owner=sync_owner(cfg))
+        self.placement, self.learners, self.pool, self.rewards, self.sync = build_actors(cfg, self.platform)
         self.restarts = RestartBudget(cfg.reliability)
         self.nonfinite = NonFiniteGuard(cfg.reliability.max_nonfinite_steps)
         self.chaos = Chaos(cfg.chaos)
         self.recovery_s = 0.0  # spent replacing workers this step (time/recovery)
-        # Off-policy mode: the next step's batch, sampled while the learner trained, and the data
-        # position before its prompts; the update runs on a background thread meanwhile.
-        self._pending: Collected | None = None
-        self._pending_order: dict[str, int] = {}
+        self.state = StepState()
         self._background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grpo-update")
-        self._updating: concurrent.futures.Future | None = None
         self._resume()
         # The engines start from model.path; after a resume the learners hold newer weights.
         self._sync(self.version)
@@ -125,7 +147,6 @@ class GRPOTrainer:
             except (ActorCallError, RunStopped) as exc:
                 self._stop(exc)
                 raise
-            self.step += 1
             write_scalars(writer, metrics, self.step)
             if self.cfg.logging.image_every and self.step % self.cfg.logging.image_every == 0:
                 self._log_images(writer)
@@ -156,26 +177,27 @@ class GRPOTrainer:
 
     def train_step(self) -> dict[str, float]:
         """One step: this step's batch (prefetched by the last step in off-policy mode), the update, the
-        next step's rollouts overlapping it when `grpo.off_policy_lag` is 1, then the weight sync."""
+        next step's rollouts overlapping it when `grpo.off_policy_lag` is 1, then the weight sync; the step
+        then counts (`self.step`: steps done, which seeds the next step's rollouts)."""
         timings = {"rollout": 0.0, "reward": 0.0}  # 0 on an off-policy run's last step: nothing to sample
-        start = time.perf_counter()
-        prefetched = self._pending is not None
+        start, state = time.perf_counter(), self.state
+        prefetched = state.pending is not None
         if not prefetched:  # on-policy, or the first step of an off-policy run
-            self._good = {"order": self.order.state(), "updated": False}  # what `_stop` saves if this step fails
+            state.good = {"order": self.order.state(), "updated": False}
             batch = self._collect_step(self.step, timings)
         else:
-            batch, self._pending = self._pending, None
-            self._good = {"order": self._pending_order, "updated": False}
+            batch, state.pending = state.pending, None
+            state.good = {"order": state.pending_order, "updated": False}
         after = self.order.state()  # the data position once this step counts
         if self.cfg.grpo.off_policy_lag and self.step + 1 < self.cfg.grpo.num_steps:
             # The engines sample step t+1 with the weights they hold (version t-1) while the learner
             # trains step t; the learner's importance weights correct that one-version lag.
-            self._updating = self._background.submit(self._update, batch, after, timings)
+            state.updating = self._background.submit(self._update, batch, after, timings)
             try:
-                self._pending = self._collect_step(self.step + 1, timings, drill=prefetched)
-                self._pending_order = after
+                state.pending = self._collect_step(self.step + 1, timings, drill=prefetched)
+                state.pending_order = after
             finally:
-                learner, self._updating = self._updating.result(), None
+                learner, state.updating = state.updating.result(), None
         else:
             learner = self._update(batch, after, timings)
         mark = time.perf_counter()
@@ -183,7 +205,9 @@ class GRPOTrainer:
         timings["sync"] = time.perf_counter() - mark
         total = time.perf_counter() - start
         timings["recovery"], self.recovery_s = self.recovery_s, 0.0
-        return self._metrics(batch, learner, timings, total, sync.gb_per_s)
+        metrics = self._metrics(batch, learner, timings, total, sync.gb_per_s)
+        self.step += 1
+        return metrics
 
     def _collect_step(self, step: int, timings: dict[str, float], drill: bool = True) -> Collected:
         """`collect` for the step with 0-based index `step`, with the chaos drill's kill of the current
@@ -208,7 +232,8 @@ class GRPOTrainer:
         if learner.get("skipped_nonfinite"):
             skip = f"{learner['skipped_nonfinite']:.0f} optimizer steps with non-finite loss or gradients"
         self.nonfinite.record(self.step + 1, skip)
-        self._good = {"order": after, "updated": True}
+        self.state.good = {"order": after, "updated": True}
+        self.state.trained = batch
         self.version += 1
         timings["update"] = time.perf_counter() - mark
         return learner
@@ -231,8 +256,8 @@ class GRPOTrainer:
         self.restarts.charge(lost, error)
         pool.restart(index)
         if catch_up:
-            if self._updating is not None:  # the learner answers after its update: send that version
-                concurrent.futures.wait([self._updating])
+            if self.state.updating is not None:  # the learner answers after its update: send that version
+                concurrent.futures.wait([self.state.updating])
             self.sync.catch_up(index, self.version)
         seconds = time.perf_counter() - start
         self.recovery_s += seconds
@@ -254,11 +279,11 @@ class GRPOTrainer:
         """A fault the run cannot absorb: save the last good step if the learners can still write it.
         A step that failed before its update leaves the learners at the previous step (its prompts are
         put back); one that failed after it counts as done."""
-        if self._good["updated"]:
+        if self.state.good["updated"]:
             self.step += 1
         # The prompts of the step that failed, or of a prefetched batch, go back.
-        self.order = PromptOrder(len(self.rows), self.cfg.seed, **self._good["order"])
-        self._pending = None
+        self.order = PromptOrder(len(self.rows), self.cfg.seed, **self.state.good["order"])
+        self.state.pending = None
         try:
             path = self.save()
         except Exception as exc:  # noqa: BLE001 - reported next to the error that stops the run
@@ -335,7 +360,7 @@ class GRPOTrainer:
     def save(self) -> Path:
         # A prefetched batch is not saved: its prompts are drawn again after a resume (from the
         # resumed weights, so an off-policy run resumes exactly in data, not bit for bit).
-        data = self._pending_order if self._pending is not None else self.order.state()
+        data = self.state.pending_order if self.state.pending is not None else self.order.state()
         state = {"step": self.step, "version": self.version, "data": data,
                  "config": self.cfg.to_dict()}
         return checkpoint.save(self.cfg.checkpoint.dir, self.step, self.learners.save, state,

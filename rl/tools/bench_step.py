@@ -61,22 +61,16 @@ class Ours:
         self.trainer = GRPOTrainer(cfg)
         self.startup_s = time.perf_counter() - start
         self.metrics: list[dict[str, float]] = []
-        self.last_batch: list[Any] = []
-        learners, update = self.trainer.learners, self.trainer.learners.update
-
-        def keep_batch(samples: list[Any]) -> dict[str, float]:  # for the pi_old diagnostic, after the timing
-            self.last_batch = list(samples)
-            return update(samples)
-
-        learners.update = keep_batch
 
     def old_logprob_pass_s(self, repeats: int = 3) -> float:
         """Seconds of one no-grad log-prob pass over the last step's batch: the pi_old pass inside our update
         (TRL's transformers mode skips it when one generation batch feeds one optimizer step)."""
+        trained = self.trainer.state.trained
+        samples = trained.samples if trained is not None else []
         times: list[float] = []
-        for _ in range(repeats if self.last_batch else 0):
+        for _ in range(repeats if samples else 0):
             start = time.perf_counter()
-            self.trainer.learners.compute_logprobs(self.last_batch)
+            self.trainer.learners.compute_logprobs(samples)
             times.append(time.perf_counter() - start)
         return _median(times)
 
@@ -84,7 +78,6 @@ class Ours:
         start = time.perf_counter()
         m = self.trainer.train_step()
         m["bench/wall"] = time.perf_counter() - start
-        self.trainer.step += 1  # run() advances it; the rollout seed depends on it
         self.metrics.append(m)
         print(f"ours step {len(self.metrics)}: {m['bench/wall']:.2f} s (rollout {m['time/rollout']:.2f}, reward "
               f"{m['time/reward']:.3f}, update {m['time/update']:.2f}, sync {m['time/sync']:.2f}) reward "

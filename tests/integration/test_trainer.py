@@ -274,12 +274,11 @@ def test_off_policy_samples_the_next_step_while_the_learner_trains(ray_cluster, 
         try:
             while trainer.step < cfg.grpo.num_steps:
                 metrics.append(trainer.train_step())
-                trainer.step += 1
                 if trainer.step == 2:
                     assert trainer.order.state()["cursor"] == 6  # steps 1, 2 and the prefetched step 3
                     saved = checkpoint.load_state(trainer.save())
                     assert saved["data"]["cursor"] == 4 and saved["version"] == 2
-            assert trainer._pending is None  # nothing sampled for a step 5 that never comes
+            assert trainer.state.pending is None  # nothing sampled for a step 5 that never comes
             import ray
 
             # Every engine holds the final version (each sync compared its checksums with the learner's).

@@ -57,7 +57,6 @@ class Run:
         while self.trainer.step < steps:
             self.metrics.append(self.trainer.train_step())
             self.orders.append(self.trainer.order.state())
-            self.trainer.step += 1
 
 
 @pytest.fixture(scope="session")
