@@ -1,4 +1,4 @@
-"""`python -m rl.dataset check FILE.jsonl ...` and `python -m rl.dataset convert FORMAT SRC --out OUT.jsonl`:
+"""`python -m rl.data check FILE.jsonl ...` and `python -m rl.data convert FORMAT SRC --out OUT.jsonl`:
 the data command line, above the library it drives (rl/core/data.py reads and validates rows, rl/core/convert.py
 converts foreign datasets)."""
 
@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`check FILE.jsonl ...`: one `FILE:LINE: reason` line per bad row, then `N rows, K bad`; exit 1 if
     any row is bad. The validation training runs (`data.on_error`), plus a full decode of every image.
     `convert FORMAT SRC --out OUT.jsonl`: foreign datasets to our rows (rl/core/convert.py)."""
-    parser = argparse.ArgumentParser(prog="python -m rl.dataset",
+    parser = argparse.ArgumentParser(prog="python -m rl.data",
                                      description="Validate or convert grounding datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate JSONL files without training")

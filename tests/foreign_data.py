@@ -96,8 +96,8 @@ def write_vlmr1(folder: Path) -> Path:
 
 def converted_dataset(data: Path, coco_split: str, rec_split: str) -> Path:
     """`data` holding `{coco_split}.jsonl` and `{rec_split}.jsonl`: the COCO set and the VLM-R1 jsonl above,
-    written there and converted by `python -m rl.dataset convert` (the REC boxes in Qwen2.5-VL-resized pixels)."""
-    from rl.dataset import main as data_main
+    written there and converted by `python -m rl.data convert` (the REC boxes in Qwen2.5-VL-resized pixels)."""
+    from rl.data import main as data_main
 
     coco, rec = write_coco(data / "coco"), write_vlmr1(data / "rec")
     assert data_main(["convert", "coco", str(coco), "--images", str(data / "coco" / "images"),

@@ -143,7 +143,7 @@ class DataConfig(Section):
         if self.synthetic is not None and self.coord_frame == QWEN25_PIXELS:
             raise ValueError("data.coord_frame=qwen25_pixels: the synthetic generator (data.synthetic) writes a "
                              "relative frame; set data.synthetic=null and convert your data into this frame "
-                             "(python -m rl.dataset convert ... --frame qwen25_pixels), or use a relative frame")
+                             "(python -m rl.data convert ... --frame qwen25_pixels), or use a relative frame")
         return self
 
 
@@ -310,7 +310,7 @@ class ChaosConfig(Section):
 
 
 class EvaluationConfig(Section):
-    """`python -m rl.evaluate` (and the final evaluation of `rl.tools.sweep`): greedy answers on `data.split`."""
+    """`python -m rl.evaluate` (and the final evaluation of `rl.sweep`): greedy answers on `data.split`."""
 
     output_dir: str = "runs/eval"  # metrics.json, metrics.md, gallery.png, predictions.jsonl
     max_rows: int = Field(default=0, ge=0)  # first N rows of the split; 0: all of them

@@ -1,4 +1,4 @@
-"""Foreign grounding datasets to our JSONL rows (`python -m rl.dataset convert FORMAT SRC --out OUT.jsonl`).
+"""Foreign grounding datasets to our JSONL rows (`python -m rl.data convert FORMAT SRC --out OUT.jsonl`).
 
 Formats: COCO detection json (`coco`), RefCOCO / VLM-R1 REC and OVD jsonl (`refcoco`), and jsonl or csv
 with one pixel box per record (`pixels`). Boxes arrive in pixels, either of the original image or of the

@@ -276,7 +276,7 @@ def load_split(path: Path, *, frame: CoordFrame | int = 1000, on_error: Literal[
                check_images: bool = True, max_pixels: int = MAX_IMAGE_PIXELS, decode: bool = False,
                image_roots: Sequence[str | Path] = ()) -> LoadedSplit:
     """Read and validate a JSONL split. Bad rows raise DatasetError, or with on_error="skip" are counted.
-    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.dataset check` does).
+    `decode`: decode every image fully (finds truncated JPEGs; `python -m rl.data check` does).
     `image_roots`: folders besides the file's own that image paths may resolve into (`data.image_roots`).
     `frame`: what box numbers mean (`Config.frame()`); a per-image frame reads every image's header."""
     if on_error not in ("raise", "skip"):

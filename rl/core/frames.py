@@ -115,7 +115,7 @@ def rescale(box: Sequence[float], source: Extent, target: Extent) -> list[float]
     return [x1 / sw * tw, y1 / sh * th, x2 / sw * tw, y2 / sh * th]
 
 
-# ---------------------------------------------------------------- command lines (rl.dataset check / convert)
+# ---------------------------------------------------------------- command lines (rl.data check / convert)
 
 
 def add_frame_arguments(parser: argparse.ArgumentParser, what: str) -> None:

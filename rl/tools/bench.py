@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m rl.tools.bench NAME [options]`.
+"""Benchmarks: `python -m rl.bench NAME [options]`.
 
 Each bench prints human-readable lines and ends with exactly one JSON line (its machine-readable
 result). Benches import what they need lazily, so listing them never pulls in torch or Ray.
@@ -22,7 +22,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: python -m rl.tools.bench NAME [options]", "benches:"]
+    lines = ["usage: python -m rl.bench NAME [options]", "benches:"]
     lines += [f"  {name:12s} {description}" for name, (_, description) in BENCHES.items()]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""`python -m rl.tools.bench learner`: one GRPO update through the Ray learner actors (DeepSpeed ZeRO-3) vs a
+"""`python -m rl.bench learner`: one GRPO update through the Ray learner actors (DeepSpeed ZeRO-3) vs a
 plain single-process PyTorch loop doing the same forward / backward / step on the same batch.
 
 Both sides collate the same `TrainSample`s (prompts of the configured data, chat-templated with their
@@ -121,7 +121,7 @@ def run(argv: list[str]) -> dict:
     from rl.core.platform import apply_env, get_platform
     from rl.tiny import ensure_model
 
-    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench learner")
+    parser = argparse.ArgumentParser(prog="python -m rl.bench learner")
     parser.add_argument("--config", default=None, help="YAML config (default conf/default.yaml)")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group", type=int, default=8, help="samples per prompt")

@@ -1,7 +1,7 @@
 """A straightforward per-sample, pure-Python implementation of the reward contract (issue 4).
 
 It reads like the contract: the regexes it quotes, `json.loads`, textbook IoU from areas, and a
-textbook Hungarian algorithm. It is the baseline of `python -m rl.tools.bench rewards` and the oracle the
+textbook Hungarian algorithm. It is the baseline of `python -m rl.bench rewards` and the oracle the
 tests cross-check `rewards.score_batch` against. It is not hardened against hostile input (the lazy
 regex is quadratic on `"<box>" * n`, and coordinates near 1e154 overflow its areas, which raises
 OracleDomainError): use it on realistic text.

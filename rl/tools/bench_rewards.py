@@ -1,4 +1,4 @@
-"""`python -m rl.tools.bench rewards`: `rewards.score_batch` against the per-sample pure-Python baseline.
+"""`python -m rl.bench rewards`: `rewards.score_batch` against the per-sample pure-Python baseline.
 
 Both score the same 20,000 realistic GRPO completions (8 per reference: 1-3 labels, 1-4 boxes,
 jitter, dropped / extra / duplicate boxes, wrong labels, broken tags and JSON, <answer> wrappers),
@@ -140,7 +140,7 @@ def run(argv: list[str]) -> dict:
     from rewards import KEYS, clear_reference_cache, score_batch
     from rl.tools.bench_reference import reference_score
 
-    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench rewards")
+    parser = argparse.ArgumentParser(prog="python -m rl.bench rewards")
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs, for both sides")

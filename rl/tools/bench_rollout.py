@@ -1,4 +1,4 @@
-"""`python -m rl.tools.bench rollout`: the same prompts (with images, G samples each) through `vllm.LLM.generate`
+"""`python -m rl.bench rollout`: the same prompts (with images, G samples each) through `vllm.LLM.generate`
 in this process and through `RolloutWorker` actors over Ray, at the same engine count (one), in one run.
 
 Rounds alternate direct / Ray so the machine's noise hits both alike; the median round counts. Also
@@ -39,7 +39,7 @@ def reference_logprobs(model, processor, image, prompt_text: str, prompt_ids: li
 
 
 def run(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench rollout")
+    parser = argparse.ArgumentParser(prog="python -m rl.bench rollout")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=48)

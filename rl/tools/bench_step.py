@@ -1,4 +1,4 @@
-"""`python -m rl.tools.bench step`: seconds per GRPO step of ours (rl.trainer.GRPOTrainer: vLLM engines, reward
+"""`python -m rl.bench step`: seconds per GRPO step of ours (rl.trainer.GRPOTrainer: vLLM engines, reward
 service, DeepSpeed learner, weight sync, all Ray actors) vs TRL's `GRPOTrainer` (transformers generate
 in-process) on the same tiny Qwen3-VL, the same prompts in the same order, the same reward (our
 `rewards.score_batch`, called from TRL), group size, completion length, loss settings and optimizer,
@@ -203,7 +203,7 @@ def _run_trl(cfg: Any, args: argparse.Namespace, rows: list[Any], run_dir: Path,
 
 
 def run(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench step")
+    parser = argparse.ArgumentParser(prog="python -m rl.bench step")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
     parser.add_argument("--group-size", type=int, default=4, help="G samples per prompt (TRL's num_generations)")
     parser.add_argument("--max-tokens", type=int, default=32, help="max completion tokens")

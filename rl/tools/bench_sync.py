@@ -1,4 +1,4 @@
-"""`python -m rl.tools.bench sync`: seconds and GB/s to sync a model into R vLLM engines (ours: buckets through
+"""`python -m rl.bench sync`: seconds and GB/s to sync a model into R vLLM engines (ours: buckets through
 `weight_sync.transport`, shared memory on one node by default, + in-place load, checksums verified) vs a
 raw `broadcast` of the same bytes over the same process group (no packing, no load), in one run, rounds
 alternating."""
@@ -14,7 +14,7 @@ CACHE = Path(".cache/bench")
 
 
 def run(argv: list[str]) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m rl.tools.bench sync")
+    parser = argparse.ArgumentParser(prog="python -m rl.bench sync")
     parser.add_argument("--engines", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=512, help="text hidden size of the synced model")
     parser.add_argument("--layers", type=int, default=8)

@@ -1,4 +1,4 @@
-"""Reward ablation sweeps: `python -m rl.tools.sweep conf/sweeps/reward_ablation.yaml [key=value ...]`.
+"""Reward ablation sweeps: `python -m rl.sweep conf/sweeps/reward_ablation.yaml [key=value ...]`.
 
 Every run (variant x seed, `rl/tools/sweep_spec.py`) is a normal `rl.launch` run with its own `logging.dir` and
 `checkpoint.dir` under `<output_dir>/runs/<variant>/seed-<s>/`. Locally the runs go one after another in
@@ -268,7 +268,7 @@ def run_sweep(spec: SweepSpec, run_fn: RunFn | None = None, log: Callable[[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rl.tools.sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rl.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="sweep file (YAML), e.g. conf/sweeps/reward_ablation.yaml")
     parser.add_argument("--mode", choices=["local", "ray_job"], help="override the file's mode")
     parser.add_argument("--output-dir", help="override the file's output_dir")

@@ -1,4 +1,4 @@
-"""Sweep files: what `python -m rl.tools.sweep` runs. A YAML file validated by pydantic (a typo in a field is an
+"""Sweep files: what `python -m rl.sweep` runs. A YAML file validated by pydantic (a typo in a field is an
 error naming it), expanded into runs = variants x seeds, each run's config validated by `load_config`
 before any run starts (an override naming an unknown key fails the sweep, naming variant and key).
 

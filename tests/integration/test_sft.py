@@ -156,9 +156,9 @@ def test_two_processes_train_together(tmp_path, tiny_model_dir, synthetic_dir, c
 
 def test_sft_trains_on_converted_coco_and_vlmr1_data(tmp_path, tiny_model_dir):
     """Issue 22: a COCO dataset and a VLM-R1 REC jsonl (boxes in Qwen2.5-VL-resized pixels), both written by
-    the tests and converted by `python -m rl.dataset convert`, go through the real SFT: train on the COCO rows,
+    the tests and converted by `python -m rl.data convert`, go through the real SFT: train on the COCO rows,
     the grounding evaluation answers the REC rows."""
-    from rl.dataset import main as data_main
+    from rl.data import main as data_main
     from tests.foreign_data import converted_dataset
 
     data = converted_dataset(tmp_path / "data", coco_split="train", rec_split="val")

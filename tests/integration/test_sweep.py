@@ -1,4 +1,4 @@
-"""`rl.tools.sweep` end to end with every real part: a 2-variant x 1-seed sweep of 2-step GRPO runs on the tiny model,
+"""`rl.sweep` end to end with every real part: a 2-variant x 1-seed sweep of 2-step GRPO runs on the tiny model,
 evaluated by one rollout pool (`rl.evaluate`'s metrics and files), reported; then the same sweep again skips
 everything."""
 

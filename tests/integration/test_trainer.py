@@ -297,7 +297,7 @@ def test_off_policy_samples_the_next_step_while_the_learner_trains(ray_cluster, 
 
 
 def test_grpo_trains_on_converted_coco_and_vlmr1_data(ray_cluster, tiny_model_dir, tmp_path):
-    """Issue 22: GRPO steps on rows `python -m rl.dataset convert` made from a VLM-R1 REC jsonl with boxes in
+    """Issue 22: GRPO steps on rows `python -m rl.data convert` made from a VLM-R1 REC jsonl with boxes in
     Qwen2.5-VL-resized pixels (train) and a COCO json (val), both written by the tests; the SFT test trains on
     the COCO rows, so each format is trained from once."""
     from rl.trainer import run_grpo

@@ -1,4 +1,4 @@
-"""`python -m rl.dataset convert`: COCO, VLM-R1 REC/OVD and pixel-box data to our rows, in the right frame,
+"""`python -m rl.data convert`: COCO, VLM-R1 REC/OVD and pixel-box data to our rows, in the right frame,
 with every record that cannot be converted named and counted, and OUT never overwritten unasked."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from PIL import Image
 from rewards import RewardConfig, score
 from rl.core.data import format_answer, load_split, make_prompt, parse_reference_boxes
 from rl.core.frames import CoordFrame, Resize, rescale, smart_resize
-from rl.dataset import main
+from rl.data import main
 from tests.foreign_data import REC_IMAGES, REC_MAX_PIXELS, REC_MIN_PIXELS, resized_box, write_coco, write_vlmr1
 
 SIZES = [(37, 1013), (1013, 37), (1, 500), (500, 1), (4000, 3), (3, 4000), (641, 479), (1999, 1001)]

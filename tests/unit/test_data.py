@@ -297,7 +297,7 @@ def test_check_images_off_and_load_image_errors(tmp_path: Path) -> None:
 
 
 def test_check_command_lists_every_bad_row_and_exits_1(tmp_path: Path, capsys) -> None:
-    from rl.dataset import main
+    from rl.data import main
 
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
@@ -320,7 +320,7 @@ def test_check_command_lists_every_bad_row_and_exits_1(tmp_path: Path, capsys) -
 
 
 def test_check_command_rejects_image_paths_outside_the_folder(tmp_path: Path, capsys) -> None:
-    from rl.dataset import main
+    from rl.data import main
 
     folder, shared = tmp_path / "set", tmp_path / "shared"
     folder.mkdir()
@@ -342,7 +342,7 @@ def test_check_command_rejects_image_paths_outside_the_folder(tmp_path: Path, ca
 
 
 def test_check_command_passes_a_clean_set(tmp_path: Path, capsys) -> None:
-    from rl.dataset import main
+    from rl.data import main
 
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     path = _write_rows(tmp_path / "set.jsonl", [GOOD, GOOD])

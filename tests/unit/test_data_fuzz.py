@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from rl.core.data import DatasetError, load_split
-from rl.dataset import main
+from rl.data import main
 
 GOOD = {"image": "ok.png", "prompt": "p", "answer": "Mass <box>[[0, 0, 10, 10]]</box>"}
 KEYS = ("image", "prompt", "answer")

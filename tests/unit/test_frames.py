@@ -13,7 +13,7 @@ from PIL import Image
 from rl.core.config import ConfigError, load_config
 from rl.core.data import DatasetError, load_split
 from rl.core.frames import CoordFrame, Resize, parse_frame, rescale
-from rl.dataset import main
+from rl.data import main
 from rl.evaluate import grounding_metrics
 from rl.visualize import REFERENCE, prediction_grid
 
