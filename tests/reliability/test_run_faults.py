@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -18,7 +19,7 @@ from actors.weight_sync import checksum
 from rl import checkpoint
 from rl.faults import RunStopped
 from tests.conftest import REPO
-from tests.reliability.conftest import SMALL, STEPS, Run, signal_later
+from tests.reliability.conftest import SMALL, STEPS, Run
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +28,38 @@ def _weights(path) -> dict[str, str]:
     return checksum(load_file(str(path / "model" / "model.safetensors")).items())
 
 
+def _wait_gone(pid: int, timeout_s: float = 60) -> None:
+    """Until process `pid` has exited (gone, or a zombie its parent has not reaped yet)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} still alive {timeout_s} s after SIGKILL")
+
+
 def test_learner_then_driver_killed_midway_resume_to_the_same_weights(reference, ray_cluster, tmp_path):
     every_step = ("checkpoint.every=1", "checkpoint.keep_last=3")
     ckpt = tmp_path / "ckpt"
 
-    # 1. The learner's process is SIGKILLed during step 3 (checkpoints 1 and 2 are written): the error
-    #    names it, its node and the phase; the run cannot save (its weights are gone) and says so.
+    # 1. The learner's process is SIGKILLed as step 3's update is sent (checkpoints 1 and 2 are written): the
+    #    error names it, its node and the phase; the run cannot save (its weights are gone) and says so. Killed
+    #    at that call, not on a timer: on a loaded machine a timer landed in another phase (the weight sync).
     first = Run(tmp_path, *every_step)
     learner = first.trainer.learners.where[0]
-    first.before_step = lambda step: signal_later(learner[1], signal.SIGKILL, 0.5) if step == 3 else None
+    update = first.trainer.learners.update
+
+    def killed_update(samples):  # noqa: ANN001, ANN202
+        if first.trainer.step + 1 == 3:
+            os.kill(learner[1], signal.SIGKILL)
+            _wait_gone(learner[1])
+        return update(samples)
+
+    first.trainer.learners.update = killed_update
     try:
         with pytest.raises(LearnerError, match=rf"learner-\w+-0 on {learner[0]} \(pid {learner[1]}\) died during"):
             first.trainer.run(log=lambda *_: None)
