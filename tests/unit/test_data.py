@@ -18,12 +18,12 @@ from rl.core.data import (
     CLASSES,
     MANIFEST,
     NO_FINDINGS,
+    SYNTHETIC_PROMPT,
     DatasetError,
     format_answer,
     generate_synthetic,
     load_image,
     load_split,
-    make_prompt,
     palette,
     parse_reference_boxes,
 )
@@ -87,7 +87,7 @@ def test_boxes_are_the_drawn_objects(tmp_path: Path, image_size: int, frame: int
     rows = load_split(paths["train"], frame=frame).rows
     counts, multi_box_groups, overlaps = Counter(), 0, 0
     for row in rows:
-        assert row.prompt == make_prompt(frame)
+        assert row.prompt == SYNTHETIC_PROMPT
         _check_boxes_against_pixels(np.asarray(load_image(row.image)), row.answer, frame)
         groups = parse_reference_boxes(row.answer)
         boxes = np.array([b for _, bs in groups for b in bs]).reshape(-1, 4)
