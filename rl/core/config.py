@@ -325,7 +325,7 @@ class SFTConfig(Section):
     output_dir: str = "checkpoints/sft"  # final HF checkpoint, published by rename when training ends
     state_dir: str = "checkpoints/sft-steps"  # resumable checkpoint-N folders (weights + optimizer + state)
     resume: str = "auto"  # auto (newest matching checkpoint in state_dir) | never | path to a checkpoint
-    num_steps: int = Field(default=350, ge=1)  # optimizer steps
+    num_steps: int = Field(default=900, ge=1)  # optimizer steps
     micro_batch_size: int = Field(default=32, ge=1)  # per process; global batch = micro x accumulation x processes
     grad_accum_steps: int = Field(default=1, ge=1)
     num_processes: int = Field(default=1, ge=1)  # > 1: torchrun this many processes on this node

@@ -32,11 +32,12 @@ def test_sft_teaches_the_grounding_format(sft_run):
           f"before {before}\nafter  {after}")
     assert summary["steps"] == cfg.sft.num_steps and summary["val_rows"] == 64
     assert after["format_valid"] >= 0.9 and after["label_accuracy"] >= 0.9  # the format and the labels
-    # The model looks: a wrong image costs the coordinate digits >= 0.05 nats each (measured 0.158 after the
-    # demo's 350 steps; -0.023 at random init, 0.002 for the blind checkpoints of issue 21), and the boxes beat
-    # the mean box (IoU 0.062) and the blind model (0.112) by far (measured 0.240).
-    assert after["image_reliance"] >= 0.05, (before["image_reliance"], after["image_reliance"])
-    assert after["mean_iou_matched"] >= 0.15 and after["ap50"] > before["ap50"]
+    # The model looks: a wrong image costs the coordinate digits >= 0.3 nats each (measured 0.826 after the
+    # demo's 900 steps; -0.015 at random init, 0.002 for the blind checkpoints of issue 21), and the boxes beat
+    # the mean box (IoU 0.062) by far: measured IoU 0.428, AP@0.5 0.400. The margins leave room for a CPU
+    # class on which position reading starts ~150 steps later (docs/sft.md: IoU 0.35 at 750 steps).
+    assert after["image_reliance"] >= 0.3, (before["image_reliance"], after["image_reliance"])
+    assert after["mean_iou_matched"] >= 0.3 and after["ap50"] >= 0.15, after
     assert summary["eval_loss"] < 1.0 and summary["samples_per_s"] > 0
 
 
