@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from actors.weight_sync import CheckpointSource, WeightSync, WeightSyncError, checksum
-from rl.core.data import load_split
+from rl.core.data import DEFAULT_PROMPT, load_split
 from rl.core.platform import get_platform
 
 pytestmark = pytest.mark.slow
@@ -187,9 +187,9 @@ def test_new_vision_weights_reach_the_engines_past_their_encoder_and_prefix_cach
     engines' greedy log-probs equal transformers' on the new weights and are far from the old weights'
     (what a stale cache would give). Syncing the session's weights back gives the first answers again."""
     tol = 1e-3
-    # One prompt per engine, its text three times over: ~200 tokens, more than one KV block (128 tokens on
-    # vLLM-CPU), so the first block, which holds the image's tokens, is a prefix-cache entry.
-    prompts = [replace(row, prompt=" ".join([row.prompt] * 3)) for row in rows[:2]]
+    # One prompt per engine, the long instruction prompt three times over: ~190 tokens, more than one KV block
+    # (128 tokens on vLLM-CPU), so the first block, which holds the image's tokens, is a prefix-cache entry.
+    prompts = [replace(row, prompt=" ".join([DEFAULT_PROMPT] * 3)) for row in rows[:2]]
     warm, _ = rollout_pool.generate(prompts, n=1, greedy=True)
     assert all(len(r.prompt_ids) > 128 and r.samples for r in warm)
     scaled, vision = _vision_scaled(tiny_model_dir, tmp_path / "vision-scaled", scale=1.5)
