@@ -41,6 +41,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result), flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -301,6 +301,3 @@ def _narrow(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
         update |= {"variants": {v: known[v] for v in chosen}, "grid": None}
     return SweepSpec.model_validate(spec.model_dump() | update)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
