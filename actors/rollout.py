@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,17 +121,6 @@ class PromptResult:
     truncated: bool = False
 
 
-@dataclass
-class WorkerStats:
-    worker: str
-    prompts: int
-    seconds: float
-    response_tokens: int
-    failed: int  # rows whose image could not be loaded
-    rejected: int  # prompts longer than the context, with prompt_overflow=reject
-    truncated: int  # prompts cut to fit, with prompt_overflow=truncate
-
-
 class PromptFitter:
     """Counts a multimodal prompt's tokens before vLLM sees it and cuts or rejects one that does not
     fit `max_model_len - max_tokens` (vLLM would fail the whole batch on it)."""
@@ -197,10 +185,9 @@ class RolloutWorker(Locatable):
         return self.version
 
     def generate(self, rows: Sequence[GroundingRow], indices: Sequence[int], n: int, greedy: bool = False,
-                 max_tokens: int | None = None, seed: int | None = None) -> tuple[list[PromptResult], WorkerStats]:
+                 max_tokens: int | None = None, seed: int | None = None) -> list[PromptResult]:
         """n samples for each row (1 when greedy); results carry the caller's `indices`. `seed` reseeds
         the engine's sampling first, making the samples a function of (seed, rows)."""
-        start = time.perf_counter()
         if seed is not None:
             # Cached prefixes from earlier calls (e.g. an evaluation) change the prefill's float order and
             # so, rarely, a sampled token: start from an empty cache to make (seed, rows) fix the samples.
@@ -224,14 +211,7 @@ class RolloutWorker(Locatable):
             for result, out in zip(ready, self.engine.generate(inputs, params, use_tqdm=False), strict=True):
                 result.prompt_ids = list(out.prompt_token_ids)
                 result.samples = [_sample(o) for o in out.outputs]
-        stats = WorkerStats(
-            worker=self.name, prompts=len(rows), seconds=time.perf_counter() - start,
-            response_tokens=sum(len(s.response_ids) for r in results for s in r.samples),
-            failed=sum(r.error_kind == "bad_row" for r in results),
-            rejected=sum(r.error_kind == "overflow" for r in results),
-            truncated=sum(r.truncated for r in results),
-        )
-        return results, stats
+        return results
 
     def load_weights(self, version: int, path: str | None = None,
                      state_dict: dict[str, Any] | None = None) -> int:
@@ -345,8 +325,8 @@ class RolloutPool(ActorPool):
 
     def generate(self, rows: Sequence[GroundingRow], n: int, greedy: bool = False, max_tokens: int | None = None,
                  seed: int | None = None, recover: Callable[[int, ActorCallError], None] | None = None,
-                 ) -> tuple[list[PromptResult], list[WorkerStats]]:
-        """n samples for every row; results in the order of `rows`, one stats record per worker.
+                 ) -> list[PromptResult]:
+        """n samples for every row; results in the order of `rows`.
         With `seed`, worker i samples with seed + i: the same (seed, rows) give the same samples.
 
         `recover(i, err)`: called when worker i dies or hangs; it replaces the worker (`restart`) and
@@ -368,8 +348,7 @@ class RolloutPool(ActorPool):
                 return submit(busy[k])
 
         outputs = gather([submit(i) for i in busy], labels, "generate", self.timeout_s, RolloutWorkerError, retry)
-        results = sorted((r for res, _ in outputs for r in res), key=lambda r: r.index)
-        return results, [stats for _, stats in outputs]
+        return sorted((r for res in outputs for r in res), key=lambda r: r.index)
 
     def load_weights(self, version: int, path: str) -> list[int]:
         """Every worker loads the checkpoint at `path` and then holds `version`."""

@@ -92,7 +92,7 @@ def answer_rows(pool: Any, rows: Sequence[Any], progress: str | None = None) -> 
     with Progress(len(rows), progress) if progress else nullcontext() as bar:
         for start in range(0, len(rows), size):
             chunk = rows[start: start + size]
-            results, _ = pool.generate(chunk, n=1, greedy=True)
+            results = pool.generate(chunk, n=1, greedy=True)
             samples += [r.samples[0] if r.samples else None for r in results]
             if bar is not None:
                 bar.update(len(chunk))
@@ -110,7 +110,7 @@ def evaluate_sampled(pool: Any, rows: Sequence[Any], n: int, seed: int, rewards:
     """`n` seeded samples per row at the rollout temperature, scored together: the expected reward of the
     sampling policy, which is what GRPO maximises (greedy answers can move the other way, see
     docs/learning.md)."""
-    results, _ = pool.generate(rows, n=n, seed=seed)
+    results = pool.generate(rows, n=n, seed=seed)
     texts = [s.text for r in results for s in r.samples]
     lengths = [len(s.response_ids) for r in results for s in r.samples]
     references = [rows[r.index].answer for r in results for _ in r.samples]

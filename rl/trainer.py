@@ -305,7 +305,7 @@ class GRPOTrainer:
             mark = time.perf_counter()
             # Seeded by (run seed, step, round): a resumed or restarted run samples exactly the same.
             seed = (self.cfg.rollout.seed * 1_000_003 + step * 101 + out.rounds) * 64
-            results, _ = self.pool.generate(rows, n=g.group_size, seed=seed, recover=self._replace_rollout)
+            results = self.pool.generate(rows, n=g.group_size, seed=seed, recover=self._replace_rollout)
             timings["rollout"] += time.perf_counter() - mark
             # On-policy never trains on samples of an older policy; off-policy at most one version behind.
             stale = [r.index for r in results if not r.error and self.version - r.policy_version > g.off_policy_lag]
@@ -415,7 +415,7 @@ class GRPOTrainer:
         rows = self.val_rows[:GRID_ROWS]
         if not rows:  # grpo.eval_rows=0: nothing held out to draw
             return
-        results, _ = self.pool.generate(rows, n=1, greedy=True)
+        results = self.pool.generate(rows, n=1, greedy=True)
         texts = [r.samples[0].text if r.samples else "" for r in results]
         image = prediction_grid([r.image for r in rows], texts, [r.answer for r in rows], [r.extent for r in rows])
         writer.add_image("predictions", np.asarray(image), self.step, dataformats="HWC")

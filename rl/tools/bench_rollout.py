@@ -79,7 +79,7 @@ def run(argv: list[str]) -> dict:
 
     def ray_round() -> tuple[int, float]:
         start = time.perf_counter()
-        results, _ = pool.generate(rows, n=args.group_size)
+        results = pool.generate(rows, n=args.group_size)
         return sum(len(s.response_ids) for r in results for s in r.samples), time.perf_counter() - start
 
     direct_round(), ray_round()  # warm-up: first generate compiles kernels
@@ -110,7 +110,7 @@ def _logprob_agreement(cfg, pool, rows) -> torch.Tensor:
     processor = AutoProcessor.from_pretrained(cfg.model.path)
     model = Qwen3VLForConditionalGeneration.from_pretrained(cfg.model.path).eval()
     diffs = []
-    for row, result in zip(rows, pool.generate(rows, n=4)[0], strict=True):
+    for row, result in zip(rows, pool.generate(rows, n=4), strict=True):
         text = render_prompt(processor.tokenizer, row.prompt)
         for sample in result.samples:
             ref = reference_logprobs(model, processor, load_image(row.image), text, result.prompt_ids,

@@ -25,7 +25,7 @@ def rows(synthetic_dir):
 
 
 def _greedy(pool, rows):
-    results, _ = pool.generate(rows, n=1, greedy=True)
+    results = pool.generate(rows, n=1, greedy=True)
     return [r.samples[0].response_ids for r in results]
 
 
@@ -33,11 +33,8 @@ def test_groups_come_back_in_order_with_everything_the_learner_needs(pool, rows,
     from transformers import AutoConfig
 
     image_token = AutoConfig.from_pretrained(tiny_model_dir).image_token_id
-    results, stats = pool.generate(rows, n=3)
+    results = pool.generate(rows, n=3)
     assert [r.index for r in results] == list(range(5))
-    assert sorted(s.prompts for s in stats) == [2, 3]  # 5 prompts over 2 workers, balanced
-    assert {s.worker for s in stats} == {"rollout-0", "rollout-1"}
-    assert sum(s.response_tokens for s in stats) == sum(len(x.response_ids) for r in results for x in r.samples)
     for result in results:
         assert result.error is None and result.policy_version == 0
         assert len(result.samples) == 3
@@ -55,13 +52,12 @@ def test_bad_rows_fail_alone_and_are_named(pool, rows, tmp_path):
     bad = [dataclasses.replace(rows[0], image=tmp_path / "missing.png", line=41),
            dataclasses.replace(rows[1], image=corrupt, line=42)]
     long_prompt = dataclasses.replace(rows[2], prompt="find every nodule " * 200, line=43)
-    results, stats = pool.generate([rows[0], *bad, long_prompt], n=2)
+    results = pool.generate([rows[0], *bad, long_prompt], n=2)
     assert results[0].error is None and len(results[0].samples) == 2
     assert results[1].error_kind == "bad_row" and "missing.png" in results[1].error
     assert results[2].error_kind == "bad_row" and "corrupt.png" in results[2].error
     assert results[3].error_kind == "overflow" and results[3].error.startswith(f"{rows[2].source}:43: prompt of")
     assert all(not r.samples for r in results[1:])
-    assert sum(s.failed for s in stats) == 2 and sum(s.rejected for s in stats) == 1
 
 
 def test_logprobs_agree_with_a_transformers_forward(pool, rows, tiny_model_dir):
@@ -73,7 +69,7 @@ def test_logprobs_agree_with_a_transformers_forward(pool, rows, tiny_model_dir):
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
-    result = pool.generate(rows[:1], n=4)[0][0]
+    result = pool.generate(rows[:1], n=4)[0]
     text = render_prompt(processor.tokenizer, rows[0].prompt)
     diff = torch.cat([
         (reference_logprobs(model, processor, load_image(rows[0].image), text, result.prompt_ids, s.response_ids)
@@ -91,7 +87,7 @@ def test_loaded_weights_give_that_checkpoints_greedy_outputs(pool, rows, other_c
     before = _greedy(pool, rows)
     assert pool.load_weights(1, str(other_checkpoint)) == [1, 1]
     after = _greedy(pool, rows)
-    results, _ = pool.generate(rows[:1], n=1, greedy=True)
+    results = pool.generate(rows[:1], n=1, greedy=True)
     assert results[0].policy_version == 1 and pool.policy_versions() == [1, 1]
 
     fresh = build_engine(tiny_config.model.model_copy(update={"path": str(other_checkpoint)}),

@@ -44,7 +44,7 @@ def _hf_greedy(path, rows, max_tokens=8):
 
 
 def _pool_greedy(pool, rows):
-    return [r.samples[0].response_ids for r in pool.generate(rows, n=1, greedy=True)[0]]
+    return [r.samples[0].response_ids for r in pool.generate(rows, n=1, greedy=True)]
 
 
 def _vision_scaled(src: Path, out: Path, scale: float) -> tuple[Path, list[str]]:
@@ -134,7 +134,7 @@ def test_sync_from_two_zero3_learners_gives_the_engines_their_full_weights(ray_c
     data["cluster"] |= {"platform": "cpu", "call_timeout_s": 300}
     learners = LearnerGroup(Config.model_validate(data), name_prefix="sync-learner")
     try:
-        results, _ = rollout_pool.generate(rows[:2], n=4, seed=5)
+        results = rollout_pool.generate(rows[:2], n=4, seed=5)
         samples = [TrainSample(r.prompt_ids, s.response_ids, str(rows[r.index].image), advantage=(-1.0) ** j,
                                sampling_logprobs=s.logprobs)
                    for r in results for j, s in enumerate(r.samples)]
@@ -190,7 +190,7 @@ def test_new_vision_weights_reach_the_engines_past_their_encoder_and_prefix_cach
     # One prompt per engine, the long instruction prompt three times over: ~190 tokens, more than one KV block
     # (128 tokens on vLLM-CPU), so the first block, which holds the image's tokens, is a prefix-cache entry.
     prompts = [replace(row, prompt=" ".join([DEFAULT_PROMPT] * 3)) for row in rows[:2]]
-    warm, _ = rollout_pool.generate(prompts, n=1, greedy=True)
+    warm = rollout_pool.generate(prompts, n=1, greedy=True)
     assert all(len(r.prompt_ids) > 128 and r.samples for r in warm)
     scaled, vision = _vision_scaled(tiny_model_dir, tmp_path / "vision-scaled", scale=1.5)
     assert len(vision) > 10 and all(".visual." in f".{n}" for n in vision)
@@ -198,7 +198,7 @@ def test_new_vision_weights_reach_the_engines_past_their_encoder_and_prefix_cach
     try:
         WeightSync(source, "source-vision-scaled", rollout_pool, bucket_mb=1, timeout_s=120,
                    platform=get_platform("cpu")).sync(version=41)
-        results, _ = rollout_pool.generate(prompts, n=1, greedy=True)
+        results = rollout_pool.generate(prompts, n=1, greedy=True)
     finally:  # the session's weights back for the tests after this one
         back = _source(ray_cluster, tiny_model_dir, "source-after-vision")
         WeightSync(back, "source-after-vision", rollout_pool, 64, 120, get_platform("cpu")).sync(version=42)
@@ -215,7 +215,7 @@ def test_new_vision_weights_reach_the_engines_past_their_encoder_and_prefix_cach
     assert min(old) > 10 * tol, (f"old and new vision weights give log-probs only {old} apart: the test cannot "
                                  "tell a stale image embedding from a fresh one")
 
-    again, _ = rollout_pool.generate(prompts, n=1, greedy=True)
+    again = rollout_pool.generate(prompts, n=1, greedy=True)
     for before, after in zip(warm, again, strict=True):
         assert after.samples[0].response_ids == before.samples[0].response_ids, "greedy answer after syncing back"
         diff = (torch.tensor(after.samples[0].logprobs) - torch.tensor(before.samples[0].logprobs)).abs().max()

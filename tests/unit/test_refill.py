@@ -30,14 +30,14 @@ class ScriptedPool:
         self.script, self.seeds, self.asked = script, [], []
 
     def generate(self, rows: Sequence[GroundingRow], n: int, seed: int | None = None, recover: Any = None,
-                 ) -> tuple[list[PromptResult], list]:
+                 ) -> list[PromptResult]:
         groups = self.script[len(self.seeds)]
         self.seeds.append(seed)
         self.asked.append(len(rows))
         assert len(groups) == len(rows) and all(len(g) == n for g in groups)
         return [PromptResult(index=i, prompt_ids=[1], policy_version=0,
                              samples=[Sample([2], [-0.5], "stop", str(r)) for r in group])
-                for i, group in enumerate(groups)], []
+                for i, group in enumerate(groups)]
 
 
 class ScriptedRewards:
