@@ -1,8 +1,8 @@
 """Reward side: `RewardService` Ray actors that score completions with `rewards.score_batch`.
 
 Thin on purpose: every number comes from `rewards/` (pure, unit-tested without Ray); this file only
-splits a batch over K actors, lets the trainer overlap scoring with other work (`submit` returns at
-once, `gather` waits), and puts the pieces back in order. Its config is the tree's `cfg.rewards`;
+splits a batch over K actors, waits for their pieces and puts them back in order. Its config is the
+tree's `cfg.rewards`;
 K and the deadline come from `cfg.cluster` (`reward_workers`, `call_timeout_s`).
 """
 
@@ -46,20 +46,9 @@ class RewardService(Locatable):
 
 @dataclass(frozen=True)
 class RewardBatch:
-    """Scores of a batch: every component (and extra reward) per sample, and their batch means."""
+    """Scores of a batch: every component (and extra reward) per sample."""
 
     values: dict[str, np.ndarray]
-    means: dict[str, float]
-
-
-@dataclass(frozen=True)
-class PendingRewards:
-    """A submitted batch: one object ref per busy actor, gathered by `RewardPool.gather`."""
-
-    refs: list[Any]
-    names: list[str]
-    size: int
-    parts: list[tuple[int, tuple[Any, ...]]]  # (actor index, score arguments) per ref: what a retry re-sends
 
 
 def split_bounds(size: int, parts: int) -> list[tuple[int, int]]:
@@ -69,14 +58,14 @@ def split_bounds(size: int, parts: int) -> list[tuple[int, int]]:
 
 
 def merge(parts: Sequence[dict[str, np.ndarray]], size: int) -> RewardBatch:
-    """Concatenate per-chunk results (in batch order) and take batch means (0.0 for an empty batch)."""
+    """Concatenate per-chunk results (in batch order)."""
     if not parts:
         parts = [score_batch([], [])]
     values = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     for key, arr in values.items():
         if arr.shape != (size,):
             raise ValueError(f"reward {key!r}: {arr.shape[0]} values for a batch of {size}")
-    return RewardBatch(values, {key: float(arr.mean()) if size else 0.0 for key, arr in values.items()})
+    return RewardBatch(values)
 
 
 class RewardPool(ActorPool):
@@ -103,38 +92,27 @@ class RewardPool(ActorPool):
         super().__init__(names, lambda i: actor.options(name=names[i], num_cpus=num_cpus).remote(names[i], config),
                          timeout_s, RewardServiceError)
 
-    def submit(
-        self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None
-    ) -> PendingRewards:
-        """Start scoring and return at once; `gather` the result when it is needed."""
+    def score(
+        self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None,
+        recover: Callable[[int, ActorCallError], None] | None = None,
+    ) -> RewardBatch:
+        """Every component per sample, in batch order: contiguous chunks, one per actor, each awaited at
+        most `timeout_s`. `recover(k, err)`: called when actor k dies or hangs; it replaces the actor
+        (`restart`) and that actor's chunk is scored again. Without it, the error is raised."""
         if len(completions) != len(references):
             raise ValueError(f"{len(completions)} completions but {len(references)} references")
         lengths_arr = None if lengths is None else np.asarray(lengths)
         parts = [(k, (list(completions[start:stop]), list(references[start:stop]),
                       None if lengths_arr is None else lengths_arr[start:stop]))
                  for k, (start, stop) in enumerate(split_bounds(len(completions), len(self.actors)))]
-        refs = [self.actors[k].score.remote(*args) for k, args in parts]
-        return PendingRewards(refs, [self.names[k] for k, _ in parts], len(completions), parts)
-
-    def gather(self, pending: PendingRewards,
-               recover: Callable[[int, ActorCallError], None] | None = None) -> RewardBatch:
-        """Wait (each part at most `timeout_s`) for a submitted batch; results in the submitted order.
-        `recover(k, err)`: called when actor k dies or hangs; it replaces the actor (`restart`) and that
-        actor's part is scored again. Without it, the error is raised."""
-        labels = [self.labels[k] for k, _ in pending.parts]
+        labels = [self.labels[k] for k, _ in parts]
         retry: Retry | None = None
         if recover is not None:
             def retry(j: int, err: ActorCallError) -> Any:
-                k, args = pending.parts[j]
+                k, args = parts[j]
                 recover(k, err)
                 labels[j] = self.labels[k]  # errors name the replacement from now on
                 return self.actors[k].score.remote(*args)
 
-        parts = gather(pending.refs, labels, "score", self.timeout_s, RewardServiceError, retry)
-        return merge(parts, pending.size)
-
-    def score(
-        self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None,
-        recover: Callable[[int, ActorCallError], None] | None = None,
-    ) -> RewardBatch:
-        return self.gather(self.submit(completions, references, lengths), recover)
+        refs = [self.actors[k].score.remote(*args) for k, args in parts]
+        return merge(gather(refs, labels, "score", self.timeout_s, RewardServiceError, retry), len(completions))

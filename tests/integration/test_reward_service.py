@@ -1,5 +1,5 @@
-"""RewardPool through a real local Ray: two actors score a batch exactly like `rewards.score_batch`,
-asynchronously, and failures name the actor."""
+"""RewardPool through a real local Ray: two actors score a batch exactly like `rewards.score_batch`, and
+failures name the actor."""
 
 from __future__ import annotations
 
@@ -24,31 +24,21 @@ def pool(ray_session):  # noqa: ANN001
 def test_two_actors_score_like_score_batch(pool: RewardPool) -> None:
     completions, references = generate(1001, 11)
     lengths = np.arange(1001) % 90
-    pending = pool.submit(completions, references, lengths)  # returns before the scores exist
-    assert pending.names == ["reward-test-0", "reward-test-1"] and pending.size == 1001
-    batch = pool.gather(pending)
+    batch = pool.score(completions, references, lengths)
     expected = score_batch(
         completions, references, RewardConfig(overlong_max_tokens=60, overlong_buffer=20, overlong_penalty=0.5), lengths
     )
     assert set(batch.values) == set(KEYS)
     for key in KEYS:
         np.testing.assert_array_equal(batch.values[key], expected[key])
-        assert batch.means[key] == pytest.approx(float(expected[key].mean()))
-
-
-def test_overlapping_submissions_keep_their_order(pool: RewardPool) -> None:
-    first, second = generate(40, 1), generate(41, 2)
-    pending = [pool.submit(*first), pool.submit(*second)]
-    for (completions, references), p in zip((first, second), pending, strict=True):
-        got = pool.gather(p).values["total"]
-        np.testing.assert_array_equal(got, score_batch(completions, references)["total"])
+        assert float(batch.values[key].mean()) == pytest.approx(float(expected[key].mean()))
 
 
 def test_small_and_empty_batches(pool: RewardPool) -> None:
     one = pool.score(["Nodule <box>[1,2,3,4]</box>"], ["Nodule <box>[1,2,3,4]</box>"])
-    assert one.values["total"].tolist() == [2.5] and one.means["giou"] == 1.0
+    assert one.values["total"].tolist() == [2.5] and float(one.values["giou"].mean()) == 1.0
     empty = pool.score([], [])
-    assert empty.values["total"].shape == (0,) and empty.means["total"] == 0.0
+    assert empty.values["total"].shape == (0,)
 
 
 def test_a_failing_actor_is_named(pool: RewardPool) -> None:
@@ -58,14 +48,13 @@ def test_a_failing_actor_is_named(pool: RewardPool) -> None:
 
 def test_a_late_answer_is_named(pool: RewardPool) -> None:
     completions, references = generate(8000, 3)
-    pending = pool.submit(completions, references)
     pool.timeout_s, saved = 1e-4, pool.timeout_s
     try:
         with pytest.raises(RewardServiceError, match="reward-test-.*no answer to score within"):
-            pool.gather(pending)
+            pool.score(completions, references)
     finally:
         pool.timeout_s = saved
-    assert pool.gather(pending).values["total"].shape == (8000,)  # the work itself was not lost
+    assert pool.score(completions, references).values["total"].shape == (8000,)  # the actors still answer
 
 
 def test_extra_rewards_are_imported_by_the_actors(ray_session) -> None:  # noqa: ANN001

@@ -95,8 +95,8 @@ def _completion(g: int, template: str, tag: str = "call") -> str:
 
 def _run_load(pool: RewardPool, completions: list[str], references: list[str], batches: int
               ) -> tuple[dict[str, np.ndarray], np.ndarray, list[float], float]:
-    """CALLERS threads score `batches` batches of BATCH (caller c takes batches c, c + CALLERS, ...);
-    even callers call `pool.score`, odd ones keep two `submit`s in flight and `gather` in order.
+    """CALLERS threads score `batches` batches of BATCH (caller c takes batches c, c + CALLERS, ...)
+    through `pool.score`.
     Returns each completion's scores, how many times each was answered, every call's latency and the
     wall time."""
     size = batches * BATCH
@@ -116,24 +116,10 @@ def _run_load(pool: RewardPool, completions: list[str], references: list[str], b
 
     def caller(c: int) -> None:
         try:
-            mine = range(c, batches, CALLERS)
-            if c % 2 == 0:
-                for m in mine:
-                    start = time.perf_counter()
-                    batch = pool.score(completions[m * BATCH: (m + 1) * BATCH],
-                                       references[m * BATCH: (m + 1) * BATCH])
-                    record(m, batch.values, time.perf_counter() - start)
-            else:
-                inflight: list[tuple[int, Any, float]] = []
-                for m in [*mine, None]:
-                    if m is not None:
-                        start = time.perf_counter()
-                        pending = pool.submit(completions[m * BATCH: (m + 1) * BATCH],
-                                              references[m * BATCH: (m + 1) * BATCH])
-                        inflight.append((m, pending, start))
-                    while inflight and (len(inflight) == 2 or m is None):
-                        done, pending, start = inflight.pop(0)
-                        record(done, pool.gather(pending).values, time.perf_counter() - start)
+            for m in range(c, batches, CALLERS):
+                start = time.perf_counter()
+                batch = pool.score(completions[m * BATCH: (m + 1) * BATCH], references[m * BATCH: (m + 1) * BATCH])
+                record(m, batch.values, time.perf_counter() - start)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
 

@@ -31,13 +31,12 @@ def test_service_chunks_merge_to_score_batch() -> None:
     assert list(merged.values) == list(KEYS)
     for key in KEYS:
         np.testing.assert_array_equal(merged.values[key], expected[key])
-        assert merged.means[key] == pytest.approx(expected[key].mean())
+        assert merged.values[key].mean() == pytest.approx(expected[key].mean())
 
 
 def test_merge_of_an_empty_batch() -> None:
     batch = merge([], 0)
     assert set(batch.values) == set(KEYS) and all(v.shape == (0,) for v in batch.values.values())
-    assert batch.means == dict.fromkeys(KEYS, 0.0)
 
 
 def test_merge_checks_sizes() -> None:
