@@ -45,7 +45,13 @@ class Platform:
         return {"kv_cache_memory_bytes": kv_cache_memory_mb * 1024**2}
 
     def actor_env(self) -> dict[str, str]:
-        """Environment for every actor process (Ray runtime_env ``env_vars``)."""
+        """Environment for every actor process (Ray runtime_env ``env_vars``).
+
+        The Ray processes themselves need nothing set: our actors rely on Ray narrowing the visible
+        devices per actor (a learner is LOCAL_RANK 0 of exactly one device, an engine sees exactly its TP
+        devices). The RAY_EXPERIMENTAL_NOSET_*_VISIBLE_DEVICES switches some ROCm recipes set would show
+        every actor all of a node's GPUs, and every learner on a node would then train on GPU 0; the
+        launchers (launch/slurm, launch/docker) clear them, and no actor gets them from here."""
         env = {"DS_ACCELERATOR": self.deepspeed_accelerator, "VLLM_TARGET_DEVICE": self.vllm_device,
                # An actor's output is a log (Ray's, forwarded to the driver line by line): no loading or
                # saving bars of transformers / huggingface_hub, whose carriage-return redraws garble it.
@@ -57,16 +63,6 @@ class Platform:
             # Kernel arguments in device memory: AMD's recommended setting for vLLM on Instinct GPUs.
             env["HIP_FORCE_DEV_KERNARG"] = "1"
         return env
-
-    def ray_init_env(self) -> dict[str, str]:
-        """Environment for the Ray processes themselves (set before `ray start` / `ray.init`).
-
-        Nothing on any platform: our actors rely on Ray narrowing the visible devices per actor (a
-        learner is LOCAL_RANK 0 of exactly one device, an engine sees exactly its TP devices). The
-        RAY_EXPERIMENTAL_NOSET_*_VISIBLE_DEVICES switches some ROCm recipes set would show every actor
-        all of a node's GPUs, and every learner on a node would then train on GPU 0; the launchers
-        (launch/slurm, launch/docker) clear them."""
-        return {}
 
     def device_env(self, environ: Mapping[str, str]) -> dict[str, str | None]:
         """What an actor process must change in `environ` (as Ray started it) before torch or vLLM
@@ -114,7 +110,7 @@ def apply_env(platform: Platform, environ: MutableMapping[str, str] | None = Non
     """Set the platform's variables in this process (driver or actor), without overriding the user's,
     then fix the visible-device variables (`Platform.device_env`)."""
     environ = os.environ if environ is None else environ
-    for key, value in {**platform.ray_init_env(), **platform.actor_env()}.items():
+    for key, value in platform.actor_env().items():
         environ.setdefault(key, value)
     for key, value in platform.device_env(environ).items():
         if value is None:
