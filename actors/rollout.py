@@ -229,9 +229,6 @@ class RolloutWorker(Locatable):
         self._hold(version)
         return sums[0]
 
-    def receive_raw(self, sizes: list[int]) -> int:
-        return self.engine.collective_rpc("receive_raw", args=(sizes,))[0]
-
     def close_weight_sync(self) -> None:
         self.engine.collective_rpc("close_weight_sync")
 

@@ -323,13 +323,6 @@ class WeightReceiver:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
-    def receive_raw(self, sizes: list[int]) -> int:
-        """Baseline for benchmarks: receive buffers of these byte sizes and drop them (no load)."""
-        for size in sizes:
-            flat = torch.empty(size, dtype=torch.uint8, device=self.device)
-            self._sync_group.broadcast(flat, 0).wait(self._sync_timeout)
-        return sum(sizes)
-
     def close_weight_sync(self) -> None:
         self._sync_group = self._sync_slots = None
 
@@ -406,13 +399,6 @@ class WeightSource(ABC):
 
         self._sender.send(plan_from_wire(wire_plan), tap(), shared)
         return sums
-
-    def send_raw(self, sizes: list[int]) -> int:
-        """Baseline for benchmarks: a plain broadcast of buffers of these byte sizes over the group."""
-        for size in sizes:
-            self._sender.group.broadcast(torch.zeros(size, dtype=torch.uint8, device=self._sender.device), 0).wait(
-                self._sender.timeout)
-        return sum(sizes)
 
     def drain_weights(self) -> int:
         """For the source's peers that must take part in gathering (ZeRO-3 ranks > 0): iterate the

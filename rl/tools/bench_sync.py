@@ -1,7 +1,11 @@
 """`python -m rl.bench sync`: seconds and GB/s to sync a model into R vLLM engines (ours: buckets through
 `weight_sync.transport`, shared memory on one node by default, + in-place load, checksums verified) vs a
 raw `broadcast` of the same bytes over the same process group (no packing, no load), in one run, rounds
-alternating."""
+alternating.
+
+The baseline lives here, not in the actors: `send_raw` runs in the source actor and `receive_raw` in every
+engine worker (through Ray's `__ray_call__` and vLLM's `collective_rpc`, which both take a function), over
+the group that `WeightSync.connect` built."""
 
 from __future__ import annotations
 
@@ -9,8 +13,35 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 CACHE = Path(".cache/bench")
+
+
+def send_raw(source: Any, sizes: list[int]) -> int:
+    """In the source actor (a `WeightSource` whose sync is open): broadcast zero buffers of these byte sizes."""
+    import torch
+
+    sender = source._sender
+    for size in sizes:
+        sender.group.broadcast(torch.zeros(size, dtype=torch.uint8, device=sender.device), 0).wait(sender.timeout)
+    return sum(sizes)
+
+
+def receive_raw(worker: Any, sizes: list[int]) -> int:
+    """In an engine worker that joined the sync group (`WeightReceiver.init_weight_sync`): receive buffers of
+    these byte sizes and drop them (no load)."""
+    import torch
+
+    for size in sizes:
+        flat = torch.empty(size, dtype=torch.uint8, device=worker.device)
+        worker._sync_group.broadcast(flat, 0).wait(worker._sync_timeout)
+    return sum(sizes)
+
+
+def engine_receive_raw(rollout_worker: Any, sizes: list[int]) -> int:
+    """In a `RolloutWorker` actor: `receive_raw` in each of its engine's workers."""
+    return rollout_worker.engine.collective_rpc(receive_raw, args=(sizes,))[0]
 
 
 def run(argv: list[str]) -> dict:
@@ -54,7 +85,8 @@ def run(argv: list[str]) -> dict:
 
     def raw() -> tuple[float, int]:
         start = time.perf_counter()
-        ray.get([source.send_raw.remote(sizes), *[w.receive_raw.remote(sizes) for w in pool.workers]])
+        ray.get([source.__ray_call__.remote(send_raw, sizes),
+                 *[w.__ray_call__.remote(engine_receive_raw, sizes) for w in pool.workers]])
         return time.perf_counter() - start, sum(sizes)
 
     ours(), raw()  # warm-up
