@@ -27,6 +27,7 @@ from rl.core.config import ModelConfig, RolloutConfig
 from rl.core.data import DatasetError, GroundingRow, chat_messages, load_image
 from rl.core.model_parts import VISION_TOKEN_BIAS, vision_token_ids
 from rl.core.platform import Platform, apply_env, get_platform
+from rl.core.seeds import worker_seed
 
 if TYPE_CHECKING:
     from vllm import LLM, SamplingParams
@@ -298,7 +299,7 @@ class RolloutPool(ActorPool):
                  seed: int | None = None, recover: Callable[[int, ActorCallError], None] | None = None,
                  ) -> list[PromptResult]:
         """n samples for every row; results in the order of `rows`.
-        With `seed`, worker i samples with seed + i: the same (seed, rows) give the same samples.
+        With `seed`, worker i samples with `worker_seed(seed, i)`: the same (seed, rows) give the same samples.
 
         `recover(i, err)`: called when worker i dies or hangs; it replaces the worker (`restart`) and
         brings it to the current weights, and only worker i's share is generated again, by the same
@@ -308,7 +309,7 @@ class RolloutPool(ActorPool):
 
         def submit(i: int) -> Any:
             return self.workers[i].generate.remote([rows[j] for j in chunks[i]], list(chunks[i]), n, greedy,
-                                                   max_tokens, None if seed is None else seed + i)
+                                                   max_tokens, None if seed is None else worker_seed(seed, i))
 
         labels = [self.labels[i] for i in busy]
         retry: Retry | None = None

@@ -38,6 +38,7 @@ from rl.core.data import GroundingRow, PromptOrder, load_configured_split, split
 from rl.core.grpo import dynamic_sampling_mask, group_advantages
 from rl.core.platform import Platform, get_platform
 from rl.core.progress import Progress
+from rl.core.seeds import rollout_seed
 from rl.evaluate import evaluate_rows, evaluate_sampled
 from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
 
@@ -303,8 +304,8 @@ class GRPOTrainer:
         while kept < g.prompts_per_step and out.rounds <= g.max_refill_rounds:
             rows = [self.rows[i] for i in self.order.take(g.prompts_per_step - kept)]
             mark = time.perf_counter()
-            # Seeded by (run seed, step, round): a resumed or restarted run samples exactly the same.
-            seed = (self.cfg.rollout.seed * 1_000_003 + step * 101 + out.rounds) * 64
+            # Seeded by (rollout seed, step, round): a resumed or restarted run samples exactly the same.
+            seed = rollout_seed(self.cfg.rollout.seed, step, out.rounds)
             results = self.pool.generate(rows, n=g.group_size, seed=seed, recover=self._replace_rollout)
             timings["rollout"] += time.perf_counter() - mark
             # On-policy never trains on samples of an older policy; off-policy at most one version behind.

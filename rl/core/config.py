@@ -158,7 +158,7 @@ class RolloutConfig(Section):
     top_k: int = -1  # -1 (or 0): off
     max_tokens: int = Field(default=96, gt=0)  # the longest synthetic answer is 82 tokens
     stop: list[str] = Field(default_factory=list)
-    seed: int = 0
+    seed: int = 0  # the engines' sampling (rl.core.seeds.rollout_seed)
     kv_cache_memory_mb: int = Field(default=256, gt=0)  # CPU engines: explicit KV cache size
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)  # accelerator engines
     enforce_eager: bool = True
@@ -357,7 +357,7 @@ class Config(Section):
     # sft.output_dir); "grpo" trains with the grounding rewards (rl/trainer.py); "preview" samples a
     # few grounded answers with vLLM.
     pipeline: list[Literal["preview", "sft", "grpo"]] = Field(default_factory=lambda: ["sft", "grpo"])
-    seed: int = 0
+    seed: int = 0  # the run; rl/core/seeds.py says what each of the five seed keys drives
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
