@@ -3,7 +3,7 @@ the Ray placement groups that pin learners and rollout engines to nodes.
 
 Layout: L learners, one accelerator each (one process with `learner.cpus_per_learner` CPUs on CPU),
 R rollout engines of TP accelerators each, K reward actors on CPUs. On accelerators the node plan is
-`rl.core.config.pack_nodes`: learners fill whole nodes in rank order (the collective's ranks are ordered by
+`rl.core.layout.pack_nodes`: learners fill whole nodes in rank order (the collective's ranks are ordered by
 node), engines take the rest first-fit with each TP group inside one node, and engine indices rise with
 the node (the weight-sync group, sender then engines in index order, stays node-contiguous). Each
 planned node becomes one STRICT_PACK placement group pinned to a Ray node by its `ray.io/node-id` label.

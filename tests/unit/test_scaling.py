@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from actors.placement import PlacementError, plan_nodes, sync_group_nodes, validate
-from rl.core.config import ConfigError, load_config, pack_nodes
+from rl.core.config import ConfigError, load_config
+from rl.core.layout import pack_nodes
 from rl.core.platform import get_platform
 from rl.tools.capacity import HEADER, ModelSpec, rows
 
