@@ -100,7 +100,7 @@ def plan_nodes(cfg: Config, platform: Platform, nodes: Sequence[Resources]) -> l
     if tp > per_node:
         raise PlacementError(f"rollout.tensor_parallel_size={tp} does not fit one node "
                              f"(at most {per_node} {platform.ray_accelerator} per node)")
-    packed = cfg.node_plan(per_node)
+    packed = cfg.layout.node_plan(per_node)
     if len(packed) > len(ok):
         share = " on the learners' GPUs" if cfg.cluster.colocate else ""
         raise PlacementError(
@@ -167,9 +167,9 @@ def check_machine(cfg: Config, platform: Platform, cores: int, memory_bytes: int
             f"driver), more than {LOCAL_CPUS_PER_CORE} per core on this machine's {cores} cores ({limit}); "
             "lower those keys, or give a Ray cluster (cluster.address)")
     r = cfg.rollout
-    if platform.has_accelerator and cfg.gpus_needed() > gpus:
+    if platform.has_accelerator and cfg.layout.gpus_needed() > gpus:
         raise PlacementError(
-            f"this machine cannot hold this layout: it takes {cfg.gpus_needed()} GPUs (learner.num_learners="
+            f"this machine cannot hold this layout: it takes {cfg.layout.gpus_needed()} GPUs (learner.num_learners="
             f"{cfg.learner.num_learners} + rollout.num_workers={r.num_workers} x rollout.tensor_parallel_size="
             f"{r.tensor_parallel_size}, cluster.colocate={cfg.cluster.colocate}), this machine has {gpus}; lower "
             "those keys, or give a Ray cluster (cluster.address)")

@@ -30,7 +30,7 @@ from pydantic import (
 
 from rewards import RewardConfig
 from rl.core.frames import FRAME_HELP, QWEN25_PIXELS, CoordFrame, parse_frame
-from rl.core.layout import pack_nodes
+from rl.core.layout import Layout
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "default.yaml"
 
@@ -396,8 +396,7 @@ class Config(Section):
                 f"grpo.prompts_per_step x grpo.group_size = {sequences} sequences per step is not divisible "
                 f"by grpo.num_mini_batches x learner.num_learners x learner.micro_batch_size = {per_step}"
             )
-        self._check_colocate()
-        self._check_nodes()
+        self.layout.check(self.cluster.nodes, self.cluster.gpus_per_node)
         if self.grpo.clip_high < self.grpo.clip_low:
             raise ValueError(f"grpo.clip_high ({self.grpo.clip_high}) < grpo.clip_low ({self.grpo.clip_low})")
         if self.grpo.off_policy_lag and self.grpo.tis_cap is None:
@@ -405,50 +404,11 @@ class Config(Section):
                              "are what corrects samples drawn one policy version behind")
         return self
 
-    def _check_nodes(self) -> None:
-        """Learners and engines must tile the declared nodes: e.g. 48 learners x 1 GPU fill nodes 0-5 and
-        16 engines x TP 1 fill nodes 6-7 = 8 nodes x 8 GPUs."""
-        c, tp = self.cluster, self.rollout.tensor_parallel_size
-        if c.gpus_per_node is None:
-            if c.nodes is not None:
-                raise ValueError(f"cluster.nodes={c.nodes} needs cluster.gpus_per_node as well")
-            return
-        if c.gpus_per_node % tp:
-            raise ValueError(f"rollout.tensor_parallel_size={tp} does not divide cluster.gpus_per_node="
-                             f"{c.gpus_per_node}: every engine's TP group must sit inside one node")
-        used = len(self.node_plan(c.gpus_per_node))
-        if c.nodes is not None and used > c.nodes:
-            need = self.gpus_needed()
-            engines = "sharing the learners' GPUs (cluster.colocate)" if c.colocate else (
-                f"x rollout.tensor_parallel_size={tp}")
-            raise ValueError(
-                f"learner.num_learners={self.learner.num_learners} x 1 GPU + rollout.num_workers="
-                f"{self.rollout.num_workers} {engines} = {need} GPUs need {used} nodes of "
-                f"cluster.gpus_per_node={c.gpus_per_node} (learners packed first, each engine inside one node), "
-                f"but cluster.nodes={c.nodes}")
-
-    def _check_colocate(self) -> None:
-        """Colocation pairs engine i with learner i on one GPU: as many engines as learners, TP 1."""
-        if not self.cluster.colocate:
-            return
-        r, learners = self.rollout, self.learner.num_learners
-        if r.tensor_parallel_size != 1 or r.num_workers != learners:
-            raise ValueError(
-                f"cluster.colocate pairs each rollout engine with one learner on its GPU: it needs "
-                f"rollout.tensor_parallel_size=1 (got {r.tensor_parallel_size}) and rollout.num_workers = "
-                f"learner.num_learners (got {r.num_workers} and {learners})")
-
-    def gpus_needed(self) -> int:
-        """Accelerators the layout takes: one per learner, plus TP per engine unless they share (colocate)."""
-        engines = 0 if self.cluster.colocate else self.rollout.num_workers * self.rollout.tensor_parallel_size
-        return self.learner.num_learners + engines
-
-    def node_plan(self, per_node: int) -> list[tuple[list[int], list[int]]]:
-        """`pack_nodes` for this layout: colocated engines sit on their learner's node (engine i with rank i)."""
-        learners = self.learner.num_learners
-        if not self.cluster.colocate:
-            return pack_nodes(learners, self.rollout.num_workers, self.rollout.tensor_parallel_size, per_node)
-        return [(ranks, list(ranks)) for ranks, _ in pack_nodes(learners, 0, 1, per_node)]
+    @property
+    def layout(self) -> Layout:
+        """The actors this config starts: learners, engines, their TP size, colocation (rl/core/layout.py)."""
+        return Layout(self.learner.num_learners, self.rollout.num_workers, self.rollout.tensor_parallel_size,
+                      self.cluster.colocate)
 
     def frame(self) -> CoordFrame:
         """The coordinate frame of `data.coord_frame`; qwen25_pixels resizes as the model's processor does."""

@@ -3,6 +3,54 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The actors a config starts (`Config.layout`): `learners` (one accelerator each), `engines` of `tp`
+    accelerators each, or with `colocate` engine i on learner i's accelerator."""
+
+    learners: int
+    engines: int
+    tp: int
+    colocate: bool
+
+    def gpus_needed(self) -> int:
+        """Accelerators the layout takes: one per learner, plus TP per engine unless they share (colocate)."""
+        return self.learners + (0 if self.colocate else self.engines * self.tp)
+
+    def node_plan(self, per_node: int) -> list[tuple[list[int], list[int]]]:
+        """`pack_nodes` for this layout: colocated engines sit on their learner's node (engine i with rank i)."""
+        if not self.colocate:
+            return pack_nodes(self.learners, self.engines, self.tp, per_node)
+        return [(ranks, list(ranks)) for ranks, _ in pack_nodes(self.learners, 0, 1, per_node)]
+
+    def check(self, nodes: int | None, gpus_per_node: int | None) -> None:
+        """ValueError naming the config keys when the layout cannot run: colocation needs one engine of TP 1
+        per learner; learners and engines must tile `nodes` nodes of `gpus_per_node` (`cluster.*`), e.g. 48
+        learners x 1 GPU fill nodes 0-5 and 16 engines x TP 1 fill nodes 6-7 = 8 nodes x 8 GPUs."""
+        if self.colocate and (self.tp != 1 or self.engines != self.learners):
+            raise ValueError(
+                f"cluster.colocate pairs each rollout engine with one learner on its GPU: it needs "
+                f"rollout.tensor_parallel_size=1 (got {self.tp}) and rollout.num_workers = "
+                f"learner.num_learners (got {self.engines} and {self.learners})")
+        if gpus_per_node is None:
+            if nodes is not None:
+                raise ValueError(f"cluster.nodes={nodes} needs cluster.gpus_per_node as well")
+            return
+        if gpus_per_node % self.tp:
+            raise ValueError(f"rollout.tensor_parallel_size={self.tp} does not divide cluster.gpus_per_node="
+                             f"{gpus_per_node}: every engine's TP group must sit inside one node")
+        used = len(self.node_plan(gpus_per_node))
+        if nodes is not None and used > nodes:
+            engines = "sharing the learners' GPUs (cluster.colocate)" if self.colocate else (
+                f"x rollout.tensor_parallel_size={self.tp}")
+            raise ValueError(
+                f"learner.num_learners={self.learners} x 1 GPU + rollout.num_workers={self.engines} {engines} = "
+                f"{self.gpus_needed()} GPUs need {used} nodes of cluster.gpus_per_node={gpus_per_node} (learners "
+                f"packed first, each engine inside one node), but cluster.nodes={nodes}")
+
 
 def pack_nodes(learners: int, engines: int, tp: int, per_node: int) -> list[tuple[list[int], list[int]]]:
     """(learner ranks, engine indices) per node. Learners fill nodes in rank order (rank r on node

@@ -223,7 +223,7 @@ def step_time(cfg: Config, m: ModelSpec, hw: Hardware, w: Workload) -> dict[str,
     train = max(compute, comm)  # DeepSpeed prefetches the next layer's gather during compute
     # Sync: rank 0 gathers full weights from the shards, then broadcasts them to every engine.
     gather = shard / _bandwidth(cfg, hw, ranks)
-    crosses = cfg.gpus_needed() > (cfg.cluster.gpus_per_node or 8)
+    crosses = cfg.layout.gpus_needed() > (cfg.cluster.gpus_per_node or 8)
     link = hw.nic_gb_s if crosses else hw.intra_node_gb_s
     broadcast = 2 * m.params / GB / link / hw.sync_efficiency
     sync = gather + broadcast
@@ -244,7 +244,7 @@ def summary_row(name: str, cfg: Config, m: ModelSpec | None = None, hw: Hardware
     layout = f"{learners} + {engines}x{tp}" + (" shared" if cfg.cluster.colocate else "")
     learner = f"{lm['total']:.1f}" + (f" + {em['budget']:.1f}" if cfg.cluster.colocate else "")
     sft = f"{sft_memory(cfg, m, hw)['total']:.1f}" if "sft" in cfg.pipeline else "-"
-    return (f"| {name} | {cfg.gpus_needed()} | {layout} | {sft} | {learner}"
+    return (f"| {name} | {cfg.layout.gpus_needed()} | {layout} | {sft} | {learner}"
             f" | {em['kv_cache']:.1f} | {t['rollout']:.1f} | {t['train']:.1f} | {t['sync']:.1f}"
             f" | {t['step']:.1f} | {t['prompts_per_hour']:,.0f} | {t['stage_hours']:.0f} |")
 

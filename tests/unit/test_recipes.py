@@ -59,7 +59,7 @@ def test_recipes_train_a_real_checkpoint_in_bf16_with_zero3(path):
 def test_recipe_layouts_fit_their_declared_node_on_cuda_and_rocm(path):
     cfg = load_config(path)
     gpus = cfg.cluster.gpus_per_node
-    assert cfg.cluster.nodes == 1 and cfg.cluster.platform == "auto" and cfg.gpus_needed() == gpus
+    assert cfg.cluster.nodes == 1 and cfg.cluster.platform == "auto" and cfg.layout.gpus_needed() == gpus
     for platform in RECIPES[path][2]:
         validate(cfg, get_platform(platform), [_node(gpus)])
         with pytest.raises(PlacementError, match="the cluster cannot hold this layout"):
@@ -133,8 +133,8 @@ def test_colocation_is_checked_at_load(overrides, message):
 def test_colocated_nodes_hold_each_engine_beside_its_learner():
     cfg = load_config(TWO_B, ["cluster.nodes=2", "cluster.gpus_per_node=2", "learner.num_learners=3",
                               "rollout.num_workers=3", "grpo.prompts_per_step=24"])
-    assert cfg.node_plan(2) == [([0, 1], [0, 1]), ([2], [2])]
-    assert cfg.gpus_needed() == 3
+    assert cfg.layout.node_plan(2) == [([0, 1], [0, 1]), ([2], [2])]
+    assert cfg.layout.gpus_needed() == 3
 
 
 def test_a_colocated_config_on_cpu_keeps_one_process_per_bundle():
