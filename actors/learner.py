@@ -440,17 +440,18 @@ class LearnerGroup(ActorPool):
     Batches are split so that every learner takes its piece of every global mini-batch
     (`shard_for_learners`); answers come back in the caller's sample order."""
 
-    def __init__(self, cfg: Config, num_learners: int | None = None, name_prefix: str = "learner",
-                 actor_options: dict[str, Any] | None = None, placement: Any = None):
-        """`placement`: an `actors.placement.Placement`; rank r goes to its bundle r (ranks ordered by node)."""
+    def __init__(self, cfg: Config, name_prefix: str = "learner", placement: Any = None):
+        """`learner.num_learners` learners on `cluster.platform`; every call (and start) waits at most
+        `cluster.call_timeout_s`. `placement`: an `actors.placement.Placement`; rank r goes to its bundle r
+        (ranks ordered by node)."""
         import ray
 
         self.cfg = cfg
-        self.num_learners = num_learners or cfg.learner.num_learners
+        self.num_learners = cfg.learner.num_learners
         self.timeout_s = cfg.cluster.call_timeout_s
         platform = get_platform(cfg.cluster.platform)
         options = {"num_cpus": cfg.learner.cpus_per_learner, "num_gpus": 1 if platform.has_accelerator else 0,
-                   "runtime_env": {"env_vars": platform.actor_env()}, **(actor_options or {})}
+                   "runtime_env": {"env_vars": platform.actor_env()}}
         names = [f"{name_prefix}-{rank}" for rank in range(self.num_learners)]
         pinned = placement.learner_options if placement is not None else lambda rank: {}
         # The placement's options win: they carry the bundle and the actor's share of its GPU.

@@ -20,6 +20,7 @@ from actors.remote import ActorCallError, Locatable, Retry, gather
 from rewards import RewardConfig, score_batch
 from rewards.config import resolve_extra
 from rl.core.chunks import balanced_ranges
+from rl.core.config import Config
 
 
 class RewardServiceError(ActorCallError):
@@ -74,23 +75,16 @@ class RewardPool(ActorPool):
     Plain class held by the driver: it owns handles only.
     """
 
-    def __init__(
-        self,
-        config: RewardConfig,
-        num_actors: int = 1,
-        timeout_s: float = 600.0,
-        name_prefix: str = "reward",
-        num_cpus: float = 1.0,
-    ):
+    def __init__(self, cfg: Config, name_prefix: str = "reward"):
+        """`cluster.reward_workers` actors scoring with `cfg.rewards`; every call (and start) waits at most
+        `cluster.call_timeout_s`."""
         import ray
 
-        if num_actors < 1:
-            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-        self.timeout_s = timeout_s
-        names = [f"{name_prefix}-{i}" for i in range(num_actors)]
+        self.timeout_s = cfg.cluster.call_timeout_s
+        names = [f"{name_prefix}-{i}" for i in range(cfg.cluster.reward_workers)]
         actor = ray.remote(RewardService)
-        super().__init__(names, lambda i: actor.options(name=names[i], num_cpus=num_cpus).remote(names[i], config),
-                         timeout_s, RewardServiceError)
+        super().__init__(names, lambda i: actor.options(name=names[i], num_cpus=1).remote(names[i], cfg.rewards),
+                         self.timeout_s, RewardServiceError)
 
     def score(
         self, completions: Sequence[str], references: Sequence[str], lengths: ArrayLike | None = None,

@@ -23,7 +23,7 @@ from actors.remote import ActorCallError, Locatable, Retry, gather
 from actors.weight_sync import EXTENSION as WEIGHT_RECEIVER
 from actors.weight_sync import SyncGroup
 from rl.core.chunks import balanced_ranges
-from rl.core.config import ModelConfig, RolloutConfig
+from rl.core.config import Config, ModelConfig, RolloutConfig
 from rl.core.data import DatasetError, GroundingRow, chat_messages, load_image
 from rl.core.model_parts import VISION_TOKEN_BIAS, vision_token_ids
 from rl.core.platform import Platform, apply_env, get_platform
@@ -268,18 +268,18 @@ class RolloutPool(ActorPool):
     Plain class held by the driver (a single controller): it owns handles only, no model. A restarted
     worker holds the model's initial weights (version 0): the caller syncs it to the current version."""
 
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, platform: str = "auto",
-                 timeout_s: float = 600.0, name_prefix: str = "rollout", placement: Any = None,
-                 start_timeout_s: float | None = None):
-        """`placement`: an `actors.placement.Placement` whose engine bundles pin the workers.
-        `start_timeout_s` (default `timeout_s`): for an engine to load its model, at start and restart."""
+    def __init__(self, cfg: Config, name_prefix: str = "rollout", placement: Any = None):
+        """`rollout.num_workers` engines of `cfg.model` on `cluster.platform`; every call waits at most
+        `cluster.call_timeout_s`, an engine's start (loading its model, at start and restart)
+        `cluster.start_timeout_s`. `placement`: an `actors.placement.Placement` whose engine bundles pin them."""
         import ray
 
-        resolved = get_platform(platform)
+        model, rollout = cfg.model, cfg.rollout
+        resolved = get_platform(cfg.cluster.platform)
         env = {**resolved.actor_env(), **ENGINE_ENV}
         options = dict(num_cpus=1, num_gpus=rollout.tensor_parallel_size if resolved.has_accelerator else 0,
                        runtime_env={"env_vars": env})
-        self.timeout_s, self.tensor_parallel_size = timeout_s, rollout.tensor_parallel_size
+        self.timeout_s, self.tensor_parallel_size = cfg.cluster.call_timeout_s, rollout.tensor_parallel_size
         names = [f"{name_prefix}-{i}" for i in range(rollout.num_workers)]
         actor = ray.remote(RolloutWorker)
 
@@ -288,7 +288,7 @@ class RolloutPool(ActorPool):
             return actor.options(name=names[i], **{**options, **pinned}).remote(names[i], model, rollout,
                                                                               resolved.name)
 
-        super().__init__(names, start, start_timeout_s or timeout_s, RolloutWorkerError)
+        super().__init__(names, start, cfg.cluster.start_timeout_s, RolloutWorkerError)
 
     @property
     def workers(self) -> list[Any]:

@@ -189,8 +189,7 @@ def run_evaluation(cfg: Config, out_dir: str | Path | None = None) -> dict[str, 
     platform = get_platform(cfg.cluster.platform)
     started = connect(cfg, platform)
     try:
-        pool = RolloutPool(cfg.model, cfg.rollout, platform.name, timeout_s=cfg.cluster.call_timeout_s,
-                           name_prefix="eval-rollout")
+        pool = RolloutPool(cfg, name_prefix="eval-rollout")
         try:
             ev = evaluate_split(cfg, pool)
         finally:

@@ -86,14 +86,12 @@ def build_actors(cfg: Config, platform: Platform) -> Actors:
     """Every actor of a GRPO run, placed and wired: learners packed by node (collective ranks in node order),
     each engine's TP group inside one node, the reward actors, and the weight sync from learner rank 0 (its
     ZeRO-3 peers gather with it) to every engine."""
-    timeout = cfg.cluster.call_timeout_s
     # Actor names carry a run tag: two runs on one cluster (or in one Ray namespace) never collide.
     run = uuid.uuid4().hex[:6]
-    placement = place(cfg, platform, timeout, name=f"grpo-{run}")
+    placement = place(cfg, platform, cfg.cluster.call_timeout_s, name=f"grpo-{run}")
     learners = LearnerGroup(cfg, name_prefix=f"learner-{run}", placement=placement)
-    pool = RolloutPool(cfg.model, cfg.rollout, platform.name, timeout_s=timeout, name_prefix=f"rollout-{run}",
-                       placement=placement, start_timeout_s=cfg.cluster.start_timeout_s)
-    rewards = RewardPool(cfg.rewards, cfg.cluster.reward_workers, timeout_s=timeout, name_prefix=f"reward-{run}")
+    pool = RolloutPool(cfg, name_prefix=f"rollout-{run}", placement=placement)
+    rewards = RewardPool(cfg, name_prefix=f"reward-{run}")
     ws = cfg.weight_sync
     sync = WeightSync(learners.actors[0], learners.labels[0], pool, ws.bucket_mb, ws.timeout_s, platform,
                       host=cfg.cluster.host, peers=list(zip(learners.labels[1:], learners.actors[1:], strict=True)),

@@ -77,7 +77,8 @@ def rollout_pool(ray_cluster, tiny_config, tiny_model_dir):
     from actors.rollout import RolloutPool
 
     rollout = tiny_config.rollout.model_copy(update={"num_workers": 2, "max_tokens": 8})
-    pool = RolloutPool(tiny_config.model, rollout, platform="cpu", timeout_s=300)
+    cluster = tiny_config.cluster.model_copy(update={"platform": "cpu", "call_timeout_s": 300, "start_timeout_s": 300})
+    pool = RolloutPool(tiny_config.model_copy(update={"rollout": rollout, "cluster": cluster}))
     yield pool
     pool.shutdown()
 

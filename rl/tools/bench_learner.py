@@ -160,9 +160,9 @@ def run(argv: list[str]) -> dict:
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     one = two = None
     try:
-        one = LearnerGroup(cfg, num_learners=1, name_prefix="bench-learner1")
+        one = LearnerGroup(cfg, name_prefix="bench-learner1")
         two = LearnerGroup(cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"num_learners": 2})}),
-                           num_learners=2, name_prefix="bench-learner2")
+                           name_prefix="bench-learner2")
         plain = PlainLoop(cfg, args.threads)
         _fill_old_logprobs(one, samples)  # given to every side: the update alone is timed
         sides: dict[str, Callable[[], Any]] = {

@@ -70,7 +70,7 @@ def run(argv: list[str]) -> dict:
     inputs = engine_inputs(rows, direct.get_tokenizer())
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
-    pool = RolloutPool(cfg.model, cfg.rollout, platform=platform.name)
+    pool = RolloutPool(cfg)
 
     def direct_round() -> tuple[int, float]:
         start = time.perf_counter()

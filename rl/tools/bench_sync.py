@@ -72,7 +72,7 @@ def run(argv: list[str]) -> dict:
     ensure_model(cfg.model)
     ray.init(num_cpus=4 + args.engines, include_dashboard=False, _node_ip_address="127.0.0.1",
              logging_level="WARNING", runtime_env={"env_vars": {"PYTHONPATH": str(Path.cwd())}})
-    pool = RolloutPool(cfg.model, cfg.rollout, platform=platform.name)
+    pool = RolloutPool(cfg)
     source = ray.remote(CheckpointSource).options(name="bench-source").remote(str(path))
     sync = WeightSync(source, "bench-source", pool, args.bucket_mb, cfg.weight_sync.timeout_s, platform,
                       transport=args.transport, shm_dir=cfg.weight_sync.shm_dir)

@@ -136,8 +136,7 @@ class PoolCache:
         key = (cfg.model.model_dump_json(exclude={"path"}), cfg.rollout.model_dump_json())
         if key != self.key:
             self.close()
-            self.pool = RolloutPool(cfg.model, cfg.rollout, cfg.cluster.platform,
-                                    timeout_s=cfg.cluster.call_timeout_s, name_prefix="sweep-eval")
+            self.pool = RolloutPool(cfg, name_prefix="sweep-eval")
             self.key = key
         return self.pool
 

@@ -8,15 +8,20 @@ import pytest
 
 from actors.reward import RewardPool, RewardServiceError
 from rewards import KEYS, RewardConfig, score_batch
+from rl.core.config import ClusterConfig, Config
 from rl.tools.bench_rewards import generate
 
 pytestmark = pytest.mark.slow
 
 
+def _cfg(rewards: RewardConfig, actors: int) -> Config:
+    return Config(rewards=rewards, cluster=ClusterConfig(reward_workers=actors, call_timeout_s=120))
+
+
 @pytest.fixture(scope="module")
 def pool(ray_session):  # noqa: ANN001
     config = RewardConfig(overlong_max_tokens=60, overlong_buffer=20, overlong_penalty=0.5)
-    pool = RewardPool(config, num_actors=2, timeout_s=120, name_prefix="reward-test")
+    pool = RewardPool(_cfg(config, 2), name_prefix="reward-test")
     yield pool
     pool.shutdown()
 
@@ -59,7 +64,7 @@ def test_a_late_answer_is_named(pool: RewardPool) -> None:
 
 def test_extra_rewards_are_imported_by_the_actors(ray_session) -> None:  # noqa: ANN001
     path = "tests.integration.extra_rewards:response_length"
-    pool = RewardPool(RewardConfig(extra={path: 2.0}), num_actors=1, timeout_s=120, name_prefix="reward-extra")
+    pool = RewardPool(_cfg(RewardConfig(extra={path: 2.0}), 1), name_prefix="reward-extra")
     try:
         batch = pool.score(["x" * 10, "x" * 80], ["r", "r"])
     finally:
@@ -70,4 +75,4 @@ def test_extra_rewards_are_imported_by_the_actors(ray_session) -> None:  # noqa:
     bad = "tests.unit.rewards_extra:one_argument"  # a valid name; only the import shows it is no reward
     refusal = r"(?s)reward-bad-0 died during start.*must be callable as function\(completion, reference\)"
     with pytest.raises(RewardServiceError, match=refusal):
-        RewardPool(RewardConfig(extra={bad: 1.0}), num_actors=1, timeout_s=120, name_prefix="reward-bad")
+        RewardPool(_cfg(RewardConfig(extra={bad: 1.0}), 1), name_prefix="reward-bad")

@@ -162,7 +162,9 @@ def test_a_tensor_parallel_engine_gets_its_shards_through_either_transport(ray_c
     from actors.rollout import RolloutPool
 
     rollout = tiny_config.rollout.model_copy(update={"num_workers": 1, "tensor_parallel_size": 2, "max_tokens": 8})
-    pool = RolloutPool(tiny_config.model, rollout, platform="cpu", timeout_s=600, name_prefix="rollout-tp2")
+    cluster = tiny_config.cluster.model_copy(update={"platform": "cpu", "call_timeout_s": 600, "start_timeout_s": 600})
+    cfg = tiny_config.model_copy(update={"rollout": rollout, "cluster": cluster})
+    pool = RolloutPool(cfg, name_prefix="rollout-tp2")
     try:
         for version, (path, transport) in enumerate([(other_checkpoint, "shared_memory"),
                                                      (tiny_model_dir, "collective")], start=31):

@@ -26,7 +26,8 @@ import psutil
 import pytest
 
 from actors.reward import RewardPool
-from rewards import KEYS, RewardConfig, score_batch
+from rewards import KEYS, score_batch
+from rl.core.config import ClusterConfig, Config
 from rl.tools.bench_rewards import generate
 
 pytestmark = pytest.mark.slow
@@ -137,7 +138,8 @@ def _run_load(pool: RewardPool, completions: list[str], references: list[str], b
 
 @pytest.fixture(scope="module")
 def reward_pool(ray_cluster):  # noqa: ANN001, ANN201
-    pool = RewardPool(RewardConfig(), num_actors=REWARD_ACTORS, timeout_s=120, name_prefix="reward-load")
+    cfg = Config(cluster=ClusterConfig(reward_workers=REWARD_ACTORS, call_timeout_s=120))
+    pool = RewardPool(cfg, name_prefix="reward-load")
     yield pool
     pool.shutdown()
 
@@ -208,7 +210,6 @@ def test_200_weight_syncs_keep_host_memory_flat(ray_cluster, rollout_pool, tiny_
     """A real ZeRO-3 learner (1 rank) syncs into the session's 2 engines 200 times (versions 1..200)."""
     from actors.learner import LearnerGroup
     from actors.weight_sync import CheckpointSource, WeightSync, checksum, iter_safetensors, safetensors_files
-    from rl.core.config import Config
     from rl.core.platform import get_platform
 
     data = tiny_config.to_dict()
