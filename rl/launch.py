@@ -20,9 +20,10 @@ from rl.core.config import Config, ConfigError, load_config
 def prepare(cfg: Config, stages: Sequence[str] = ()) -> None:
     """Make sure the model checkpoint, the dataset and every split file `stages` read exist, before Ray or
     any actor starts: a bad model.path is a ConfigError, a missing split a DatasetError naming the file."""
-    from rl.core.data import ensure_dataset, split_path
+    from rl.core.data import split_path
     from rl.core.model_path import check_frame
     from rl.core.progress import quiet_library_bars
+    from rl.core.synthetic import ensure_dataset
     from rl.sft_data import sft_split_path
     from rl.tiny import ensure_model
 

@@ -41,7 +41,8 @@ CHAT_TEMPLATE = (
 
 
 def _corpus() -> list[str]:
-    from rl.core.data import CLASSES, DEFAULT_PROMPT
+    from rl.core.data import DEFAULT_PROMPT
+    from rl.core.synthetic import CLASSES
 
     text = [DEFAULT_PROMPT, "No findings.", "<box>[[0, 1, 2, 3], [4, 5, 6, 7]]</box>", "<answer></answer>"]
     text += [f"{c} {c.lower()} {c.upper()} <box>[[8, 9, 10, 11]]</box>" for c in CLASSES]

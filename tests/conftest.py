@@ -38,7 +38,7 @@ def tiny_model_dir(tiny_config: Config) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tiny_config: Config) -> Path:
-    from rl.core.data import ensure_dataset
+    from rl.core.synthetic import ensure_dataset
 
     return ensure_dataset(tiny_config.data)
 

@@ -9,7 +9,7 @@ starting weights; conf/sweeps/reward_ablation.yaml `seed_keys`):
 | `seed` | the run: GRPO's prompt order (`rl.core.data.PromptOrder`), the learners' torch RNG, SFT's shuffling |
 | `rollout.seed` | the engines' sampling: the engine's own seed, and each training step's rollouts (`rollout_seed`) |
 | `model.tiny.seed` | the tiny model's random initial weights (`rl.tiny`): the starting point, not the run |
-| `data.synthetic.seed` | the synthetic images and answers (`rl.core.data.generate_synthetic`): the data, not the run |
+| `data.synthetic.seed` | the synthetic images and answers (`rl.core.synthetic`): the data, not the run |
 | `chaos.seed` | which worker each fault drill kills, and when (`rl.faults.Chaos`) |
 
 `grpo.eval_seed` seeds the held-out samples, the same draws before and after training.

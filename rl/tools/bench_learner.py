@@ -117,8 +117,8 @@ def run(argv: list[str]) -> dict:
 
     from actors.learner import LearnerGroup
     from rl.core.config import load_config
-    from rl.core.data import ensure_dataset
     from rl.core.platform import apply_env, get_platform
+    from rl.core.synthetic import ensure_dataset
     from rl.tiny import ensure_model
 
     parser = argparse.ArgumentParser(prog="python -m rl.bench learner")

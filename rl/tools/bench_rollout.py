@@ -50,8 +50,9 @@ def run(argv: list[str]) -> dict:
 
     from actors.rollout import ENGINE_ENV, RolloutPool, build_engine, engine_inputs, sampling_params
     from rl.core.config import load_config
-    from rl.core.data import ensure_dataset, load_configured_split
+    from rl.core.data import load_configured_split
     from rl.core.platform import apply_env, get_platform
+    from rl.core.synthetic import ensure_dataset
     from rl.tiny import ensure_model
 
     cfg = load_config(overrides=[f"model.path={CACHE / 'tiny-qwen3vl'}", f"data.path={CACHE / 'synthetic'}",

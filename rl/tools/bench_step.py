@@ -228,8 +228,9 @@ def run(argv: list[str]) -> dict:
 
     from rl.cluster import connect
     from rl.core.config import load_config
-    from rl.core.data import PromptOrder, ensure_dataset, load_configured_split
+    from rl.core.data import PromptOrder, load_configured_split
     from rl.core.platform import apply_env, get_platform
+    from rl.core.synthetic import ensure_dataset
     from rl.tiny import ensure_model
 
     torch.set_num_threads(args.threads)  # TRL trains and generates in this process

@@ -14,19 +14,14 @@ import pytest
 from PIL import Image
 
 from rl.core.data import (
-    BACKGROUND,
-    CLASSES,
-    MANIFEST,
     NO_FINDINGS,
-    SYNTHETIC_PROMPT,
     DatasetError,
     format_answer,
-    generate_synthetic,
     load_image,
     load_split,
-    palette,
     parse_reference_boxes,
 )
+from rl.core.synthetic import BACKGROUND, CLASSES, MANIFEST, SYNTHETIC_PROMPT, generate_synthetic, palette
 
 SMALL = {"num_train": 12, "num_val": 4, "num_test": 4}
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rl.core.config import ConfigError, load_config
-from rl.core.data import DatasetError, generate_synthetic
+from rl.core.data import DatasetError
+from rl.core.synthetic import generate_synthetic
 from rl.launch import prepare
 from rl.sft import run_fingerprint
 from rl.sft_data import sft_split_path

@@ -91,7 +91,7 @@ def test_processor_normalises_with_the_synthetic_images_statistics(tmp_path):
     import numpy as np
     from transformers import AutoProcessor
 
-    from rl.core.data import CLASSES, synthetic_example
+    from rl.core.synthetic import CLASSES, synthetic_example
 
     rng = np.random.default_rng(0)
     pixels = np.stack([synthetic_example(rng, image_size=128, max_objects=3, classes=CLASSES, frame=1000)[0]
