@@ -41,7 +41,8 @@ from actors.learner_batch import (
 )
 from actors.pool import ActorPool
 from actors.remote import ActorCallError, Locatable, bind_host, gather, listening_store
-from actors.weight_sync import TensorMeta, WeightSource
+from actors.sync_plan import TensorMeta
+from actors.weight_sync import WeightSource
 from rl.core.atomic import replace_dir
 from rl.core.config import Config
 from rl.core.grpo import lr_factor

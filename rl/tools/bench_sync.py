@@ -58,7 +58,8 @@ def run(argv: list[str]) -> dict:
     import ray
 
     from actors.rollout import RolloutPool
-    from actors.weight_sync import CheckpointSource, WeightSync, plan_from_wire
+    from actors.sync_plan import plan_from_wire
+    from actors.weight_sync import CheckpointSource, WeightSync
     from rl.core.config import TinyModelConfig, load_config
     from rl.core.platform import apply_env, get_platform
     from rl.tiny import ensure_model

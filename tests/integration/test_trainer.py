@@ -220,7 +220,7 @@ def test_resume_continues_exactly_like_a_straight_run(ray_cluster, tiny_model_di
     """3 steps + resume + 3 steps == 6 straight steps, bit for bit (CPU fp32, tolerance 0): the checkpoint
     holds weights, optimizer, scheduler, step, policy version and data position, and every step's rollouts
     are seeded by (rollout.seed, step, refill round), with the engines' batches independent of timing."""
-    from actors.weight_sync import checksum
+    from actors.sync_plan import checksum
     from rl.trainer import GRPOTrainer, run_grpo
 
     def config(run: str, steps: int):

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors.weight_sync import CheckpointSource, WeightSync, WeightSyncError, checksum
+from actors.sync_plan import checksum
+from actors.weight_sync import CheckpointSource, WeightSync, WeightSyncError
 from rl.core.data import DEFAULT_PROMPT, load_split
 from rl.core.platform import get_platform
 

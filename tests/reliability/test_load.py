@@ -209,7 +209,8 @@ SYNC_RSS_BOUND_MB = 64.0
 def test_200_weight_syncs_keep_host_memory_flat(ray_cluster, rollout_pool, tiny_config, tiny_model_dir):
     """A real ZeRO-3 learner (1 rank) syncs into the session's 2 engines 200 times (versions 1..200)."""
     from actors.learner import LearnerGroup
-    from actors.weight_sync import CheckpointSource, WeightSync, checksum, iter_safetensors, safetensors_files
+    from actors.sync_plan import checksum, iter_safetensors, safetensors_files
+    from actors.weight_sync import CheckpointSource, WeightSync
     from rl.core.platform import get_platform
 
     data = tiny_config.to_dict()

@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from actors.learner import LearnerError
-from actors.weight_sync import checksum
+from actors.sync_plan import checksum
 from rl import checkpoint
 from rl.faults import RunStopped
 from tests.conftest import REPO

@@ -13,7 +13,7 @@ import signal
 import pytest
 from safetensors.torch import load_file
 
-from actors.weight_sync import checksum
+from actors.sync_plan import checksum
 from rl.faults import RunStopped
 from tests.reliability.conftest import Run, signal_later
 

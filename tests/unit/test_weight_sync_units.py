@@ -5,16 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.weight_sync import (
-    TensorMeta,
-    WeightSyncError,
-    checksum,
-    pack,
-    plan_buckets,
-    plan_to_wire,
-    unpack,
-    verify_checksums,
-)
+from actors.sync_plan import TensorMeta, checksum, pack, plan_buckets, plan_to_wire, unpack
+from actors.weight_sync import WeightSyncError, verify_checksums
 
 
 def _meta(name, *shape, dtype="float32"):
