@@ -2,8 +2,7 @@
 
 Thin on purpose: every number comes from `rewards/` (pure, unit-tested without Ray); this file only
 splits a batch over K actors, waits for their pieces and puts them back in order. Its config is the
-tree's `cfg.rewards`;
-K and the deadline come from `cfg.cluster` (`reward_workers`, `call_timeout_s`).
+tree's `cfg.rewards`; K and the deadline come from `cfg.cluster` (`reward_workers`, `call_timeout_s`).
 """
 
 from __future__ import annotations
