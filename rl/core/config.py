@@ -118,8 +118,15 @@ class SyntheticDataConfig(Section):
     num_val: int = Field(default=64, ge=0)
     num_test: int = Field(default=64, ge=0)
     image_size: int = Field(default=128, ge=32)
+    min_objects: int = Field(default=0, ge=0)  # objects per image: uniform in [min_objects, max_objects]
     max_objects: int = Field(default=3, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _object_range(self) -> SyntheticDataConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
+        return self
 
 
 class DataConfig(Section):
