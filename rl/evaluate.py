@@ -33,7 +33,8 @@ from rl.core.progress import Progress
 from rl.report import fmt, markdown_table
 
 # The metrics a reader looks at first, in report order.
-HEADLINE = ("ap50", "ap", "mean_iou_matched", "label_accuracy", "format_valid", "duplicate_rate", "total_reward")
+HEADLINE = ("ap50", "ap", "mean_iou_matched", "box_ratio", "label_accuracy", "format_valid", "duplicate_rate",
+            "total_reward")
 DUPLICATE_IOU = 0.5  # a predicted box this close to an earlier one of the same label names the same object twice
 # Rows per engine in one call when progress is shown: vLLM's largest default max_num_seqs (1024 on big GPUs,
 # 256 per CPU engine), so a chunk keeps every engine's batch full and costs a wait for the slowest engine.
@@ -49,6 +50,11 @@ def matched_ious(completion: str, reference: str) -> list[float]:
     ious = iou_matrix(np.asarray(pred, dtype=np.float64), np.asarray(ref, dtype=np.float64))
     rows, cols = linear_sum_assignment(ious, maximize=True)
     return [float(ious[r, c]) for r, c in zip(rows, cols, strict=True)]
+
+
+def box_count(text: str) -> int:
+    """Boxes an answer (or a reference) names, over all its labels."""
+    return sum(len(boxes) for _, boxes in parse_answer(text))
 
 
 def duplicate_boxes(completion: str) -> tuple[int, int]:
@@ -78,6 +84,9 @@ def grounding_metrics(completions: Sequence[str], references: Sequence[str], rew
             "mean_iou_matched": float(np.mean(ious)) if ious else 0.0,
             "total_reward": float(np.mean(scores["total"])),
             "duplicate_rate": float(duplicates / boxes) if boxes else 0.0,
+            # Boxes answered per reference box: below 1, objects are left out (recall, hence AP, falls even
+            # when each box answered is placed better); above 1, extra boxes.
+            "box_ratio": boxes / max(sum(box_count(r) for r in references), 1),
             "ap": ap.ap, "ap50": ap.ap50}
     for label, values in ap.per_class.items():
         out |= {f"ap/{label}": values["ap"], f"ap50/{label}": values["ap50"]}

@@ -168,6 +168,15 @@ def test_grounding_metrics_worked_by_hand():
     assert m["format_valid"] == 0.5 and m["label_accuracy"] == 0.5
     assert m["total_reward"] == pytest.approx(m["reward/total"])
     assert m["duplicate_rate"] == 0.0
+    assert m["box_ratio"] == 0.5  # 2 boxes answered ("nonsense" names none) for 4 reference boxes
+
+
+def test_box_ratio_counts_left_out_and_extra_boxes():
+    two = "Mass <box>[[0, 0, 10, 10], [20, 20, 30, 30]]</box>"
+    one = "Mass <box>[[0, 0, 10, 10]]</box>"
+    assert grounding_metrics([one, one], [two, two])["box_ratio"] == 0.5
+    assert grounding_metrics([two, "No findings."], [one, "No findings."])["box_ratio"] == 2.0
+    assert grounding_metrics(["No findings."], ["No findings."])["box_ratio"] == 0.0  # no reference box: no ratio
 
 
 def test_duplicate_rate_counts_boxes_repeating_an_earlier_box_of_their_label():
