@@ -135,13 +135,17 @@ class Evaluation:
 
 
 def evaluate_split(cfg: Config, pool: Any) -> Evaluation:
-    """`cfg.data.split` (its first `evaluation.max_rows` rows) answered by `pool` and scored."""
+    """`cfg.data.split` (its first `evaluation.max_rows` rows) answered by `pool` and scored; with
+    `evaluation.samples`, also that many sampled answers per row, as `sampled/<metric>`."""
     from rl.core.data import load_configured_split
 
     rows = load_configured_split(cfg, Path(cfg.data.path) / f"{cfg.data.split}.jsonl").rows
     rows = rows[: cfg.evaluation.max_rows or None]
     texts, lengths = answer_rows(pool, rows, progress=f"eval {cfg.data.split}")
     metrics = grounding_metrics(texts, [r.answer for r in rows], cfg.rewards, lengths, [r.extent for r in rows])
+    if cfg.evaluation.samples:
+        sampled = evaluate_sampled(pool, rows, cfg.evaluation.samples, cfg.evaluation.sample_seed, cfg.rewards)
+        metrics |= {f"sampled/{k}": v for k, v in sampled.items()}
     return Evaluation(metrics | {"rows": float(len(rows))}, rows, texts)
 
 
@@ -151,7 +155,9 @@ def metrics_markdown(metrics: dict[str, float], title: str) -> str:
     rewards = sorted(k for k in metrics if k.startswith("reward/"))
     return "\n\n".join([
         f"# {title}",
-        markdown_table(["metric", "value"], [[k, fmt(metrics[k])] for k in HEADLINE]),
+        markdown_table(["metric", "greedy", "sampled"], [[k, fmt(metrics[k]), fmt(metrics[f"sampled/{k}"])]
+                                                          for k in HEADLINE])
+        if "sampled/ap50" in metrics else markdown_table(["metric", "value"], [[k, fmt(metrics[k])] for k in HEADLINE]),
         "## AP per class (box rank in the answer = confidence)",
         markdown_table(["class", "AP@0.5", "AP@[.5:.95]"],
                        [[c, fmt(metrics[f"ap50/{c}"]), fmt(metrics[f"ap/{c}"])] for c in classes]),

@@ -322,6 +322,10 @@ class EvaluationConfig(Section):
     output_dir: str = "runs/eval"  # metrics.json, metrics.md, gallery.png, predictions.jsonl
     max_rows: int = Field(default=0, ge=0)  # first N rows of the split; 0: all of them
     gallery_rows: int = Field(default=16, ge=0)  # images drawn in gallery.png; 0: none
+    # Also `samples` answers per row at the rollout temperature (seeded by `sample_seed`), scored together as
+    # `sampled/<metric>`: the policy GRPO trains, where greedy answers can move the other way. 0: greedy only.
+    samples: int = Field(default=0, ge=0)
+    sample_seed: int = 987654321
 
 
 class SFTConfig(Section):
