@@ -33,7 +33,8 @@ from rl.core.progress import Progress
 from rl.report import fmt, markdown_table
 
 # The metrics a reader looks at first, in report order.
-HEADLINE = ("ap50", "ap", "mean_iou_matched", "label_accuracy", "format_valid", "duplicate_rate", "total_reward")
+HEADLINE = ("ap50", "ap", "mean_iou_matched", "box_ratio", "label_accuracy", "format_valid", "duplicate_rate",
+            "total_reward")
 DUPLICATE_IOU = 0.5  # a predicted box this close to an earlier one of the same label names the same object twice
 # Rows per engine in one call when progress is shown: vLLM's largest default max_num_seqs (1024 on big GPUs,
 # 256 per CPU engine), so a chunk keeps every engine's batch full and costs a wait for the slowest engine.
@@ -49,6 +50,11 @@ def matched_ious(completion: str, reference: str) -> list[float]:
     ious = iou_matrix(np.asarray(pred, dtype=np.float64), np.asarray(ref, dtype=np.float64))
     rows, cols = linear_sum_assignment(ious, maximize=True)
     return [float(ious[r, c]) for r, c in zip(rows, cols, strict=True)]
+
+
+def box_count(text: str) -> int:
+    """Boxes an answer (or a reference) names, over all its labels."""
+    return sum(len(boxes) for _, boxes in parse_answer(text))
 
 
 def duplicate_boxes(completion: str) -> tuple[int, int]:
@@ -78,6 +84,9 @@ def grounding_metrics(completions: Sequence[str], references: Sequence[str], rew
             "mean_iou_matched": float(np.mean(ious)) if ious else 0.0,
             "total_reward": float(np.mean(scores["total"])),
             "duplicate_rate": float(duplicates / boxes) if boxes else 0.0,
+            # Boxes answered per reference box: below 1, objects are left out (recall, hence AP, falls even
+            # when each box answered is placed better); above 1, extra boxes.
+            "box_ratio": boxes / max(sum(box_count(r) for r in references), 1),
             "ap": ap.ap, "ap50": ap.ap50}
     for label, values in ap.per_class.items():
         out |= {f"ap/{label}": values["ap"], f"ap50/{label}": values["ap50"]}
@@ -126,13 +135,17 @@ class Evaluation:
 
 
 def evaluate_split(cfg: Config, pool: Any) -> Evaluation:
-    """`cfg.data.split` (its first `evaluation.max_rows` rows) answered by `pool` and scored."""
+    """`cfg.data.split` (its first `evaluation.max_rows` rows) answered by `pool` and scored; with
+    `evaluation.samples`, also that many sampled answers per row, as `sampled/<metric>`."""
     from rl.core.data import load_configured_split
 
     rows = load_configured_split(cfg, Path(cfg.data.path) / f"{cfg.data.split}.jsonl").rows
     rows = rows[: cfg.evaluation.max_rows or None]
     texts, lengths = answer_rows(pool, rows, progress=f"eval {cfg.data.split}")
     metrics = grounding_metrics(texts, [r.answer for r in rows], cfg.rewards, lengths, [r.extent for r in rows])
+    if cfg.evaluation.samples:
+        sampled = evaluate_sampled(pool, rows, cfg.evaluation.samples, cfg.evaluation.sample_seed, cfg.rewards)
+        metrics |= {f"sampled/{k}": v for k, v in sampled.items()}
     return Evaluation(metrics | {"rows": float(len(rows))}, rows, texts)
 
 
@@ -142,7 +155,9 @@ def metrics_markdown(metrics: dict[str, float], title: str) -> str:
     rewards = sorted(k for k in metrics if k.startswith("reward/"))
     return "\n\n".join([
         f"# {title}",
-        markdown_table(["metric", "value"], [[k, fmt(metrics[k])] for k in HEADLINE]),
+        markdown_table(["metric", "greedy", "sampled"], [[k, fmt(metrics[k]), fmt(metrics[f"sampled/{k}"])]
+                                                          for k in HEADLINE])
+        if "sampled/ap50" in metrics else markdown_table(["metric", "value"], [[k, fmt(metrics[k])] for k in HEADLINE]),
         "## AP per class (box rank in the answer = confidence)",
         markdown_table(["class", "AP@0.5", "AP@[.5:.95]"],
                        [[c, fmt(metrics[f"ap50/{c}"]), fmt(metrics[f"ap/{c}"])] for c in classes]),

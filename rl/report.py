@@ -75,13 +75,22 @@ def comparison_table(summary: Mapping[str, Mapping[str, tuple[float, float]]], m
 
 
 def write_report(path: str | Path, title: str, records: Sequence[Mapping[str, Any]], metrics: Sequence[str],
-                 notes: Sequence[str] = (), figures: Mapping[str, str] | None = None) -> Path:
-    """report.md: the comparison table, the runs that did not finish, then the figures (relative paths)."""
-    summary = summarize(records, metrics)
-    seeds = {v: sum(r["variant"] == v and r["status"] == "done" for r in records) for v in summary}
+                 notes: Sequence[str] = (), figures: Mapping[str, str] | None = None,
+                 more: Mapping[str, Sequence[str]] | None = None) -> Path:
+    """report.md: the comparison table of `metrics`, one more per `more` entry (caption -> metrics), every
+    finished run with its seed, the runs that did not finish, then the figures (relative paths)."""
+    seeds = {r["variant"]: sum(q["variant"] == r["variant"] and q["status"] == "done" for q in records)
+             for r in records}
     parts = [f"# {title}", *notes,
              "Mean ± sample standard deviation over seeds (finished runs only).",
-             comparison_table(summary, metrics, seeds)]
+             comparison_table(summarize(records, metrics), metrics, seeds)]
+    for caption, columns in (more or {}).items():
+        parts += [f"## {caption}", comparison_table(summarize(records, columns), columns, seeds)]
+    done = [r for r in records if r["status"] == "done"]
+    columns = [*metrics, *(m for c in (more or {}).values() for m in c)]
+    parts += ["## Every run", markdown_table(["variant", "seed", *columns],
+                                             [[r["variant"], r["seed"], *(fmt(r.get(m, math.nan)) for m in columns)]
+                                              for r in done])]
     broken = [r for r in records if r["status"] != "done"]
     if broken:
         rows = [[r["variant"], r["seed"], r["status"]] for r in broken]

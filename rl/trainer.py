@@ -39,7 +39,7 @@ from rl.core.grpo import dynamic_sampling_mask, group_advantages
 from rl.core.platform import Platform, get_platform
 from rl.core.progress import Progress
 from rl.core.seeds import rollout_seed
-from rl.evaluate import evaluate_rows, evaluate_sampled
+from rl.evaluate import HEADLINE, evaluate_rows, evaluate_sampled
 from rl.faults import Chaos, NonFiniteGuard, RestartBudget, RunStopped, nonfinite
 
 
@@ -428,9 +428,8 @@ def _line(step: int, m: dict[str, float]) -> str:
 
 
 def _table(title: str, metrics: dict[str, float], before: dict[str, float] | None = None) -> str:
-    keys = ["ap50", "ap", "mean_iou_matched", "label_accuracy", "format_valid", "duplicate_rate", "total_reward"]
     lines = [title, f"  {'':18s} {'greedy':18s}sampled (G per row)"]
-    for k in keys:
+    for k in HEADLINE:
         cells = []
         for key in (k, f"sampled/{k}"):
             delta = f" ({metrics[key] - before[key]:+.3f})" if before else ""

@@ -119,8 +119,15 @@ class SyntheticDataConfig(Section):
     num_val: int = Field(default=64, ge=0)
     num_test: int = Field(default=64, ge=0)
     image_size: int = Field(default=128, ge=32)
+    min_objects: int = Field(default=0, ge=0)  # objects per image: uniform in [min_objects, max_objects]
     max_objects: int = Field(default=3, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _object_range(self) -> SyntheticDataConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
+        return self
 
 
 class DataConfig(Section):
@@ -316,6 +323,10 @@ class EvaluationConfig(Section):
     output_dir: str = "runs/eval"  # metrics.json, metrics.md, gallery.png, predictions.jsonl
     max_rows: int = Field(default=0, ge=0)  # first N rows of the split; 0: all of them
     gallery_rows: int = Field(default=16, ge=0)  # images drawn in gallery.png; 0: none
+    # Also `samples` answers per row at the rollout temperature (seeded by `sample_seed`), scored together as
+    # `sampled/<metric>`: the policy GRPO trains, where greedy answers can move the other way. 0: greedy only.
+    samples: int = Field(default=0, ge=0)
+    sample_seed: int = 987654321
 
 
 class SFTConfig(Section):

@@ -60,14 +60,14 @@ def _iou(a: Sequence[int], b: Sequence[int]) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _place_objects(rng: np.random.Generator, size: int, max_objects: int, n_classes: int,
+def _place_objects(rng: np.random.Generator, size: int, min_objects: int, max_objects: int, n_classes: int,
                    ) -> tuple[np.ndarray, list[int]]:
     """Object-id map (-1 = background) and each object's class; later objects are drawn on top."""
     ids = np.full((size, size), -1, dtype=np.int16)
     placed: list[tuple[int, ...]] = []  # (x0, y0, x1, y1) placement boxes, pixel edges
     kinds: list[int] = []
     lo, hi = max(3, round(_MIN_SIDE * size)), max(3, round(_MAX_SIDE * size))
-    for _ in range(int(rng.integers(0, max_objects + 1))):
+    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
         for _attempt in range(20):  # crowded images may end up with fewer objects than drawn
             kind = int(rng.integers(n_classes))
             w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
@@ -89,10 +89,10 @@ def _to_frame(px: int, size: int, frame: int) -> int:
 
 
 def synthetic_example(rng: np.random.Generator, *, image_size: int, max_objects: int,
-                      classes: Sequence[str], frame: int) -> tuple[np.ndarray, str]:
+                      classes: Sequence[str], frame: int, min_objects: int = 0) -> tuple[np.ndarray, str]:
     """One image (H, W, 3 uint8) and its answer; boxes are the visible pixels' bounding boxes."""
     colours = palette(classes)
-    ids, kinds = _place_objects(rng, image_size, max_objects, len(classes))
+    ids, kinds = _place_objects(rng, image_size, min_objects, max_objects, len(classes))
     pixels = np.empty((image_size, image_size, 3), dtype=np.uint8)
     pixels[:] = BACKGROUND
     objects = []
@@ -108,17 +108,19 @@ def synthetic_example(rng: np.random.Generator, *, image_size: int, max_objects:
 
 def generate_synthetic(out_dir: Path, *, num_train: int, num_val: int, num_test: int, image_size: int = 128,
                        max_objects: int = 3, classes: Sequence[str] = CLASSES, frame: int = 1000,
-                       seed: int = 0) -> dict[str, Path]:
+                       seed: int = 0, min_objects: int = 0) -> dict[str, Path]:
     """Write {split}.jsonl + images/{split}/{i:06d}.png; a no-op if out_dir already holds this dataset."""
     out_dir = Path(out_dir)
     palette(classes)  # validate classes before any work
-    if not 16 <= image_size <= frame or max_objects < 0 or min(num_train, num_val, num_test) < 0:
+    if not 16 <= image_size <= frame or not 0 <= min_objects <= max_objects or min(num_train, num_val, num_test) < 0:
         # frame >= image_size keeps every 1-pixel-wide object at least one frame unit wide.
-        raise ValueError(f"need 16 <= image_size <= frame, max_objects >= 0 and counts >= 0; got "
-                         f"image_size={image_size}, frame={frame}, max_objects={max_objects}")
+        raise ValueError(f"need 16 <= image_size <= frame, 0 <= min_objects <= max_objects and counts >= 0; got "
+                         f"image_size={image_size}, frame={frame}, min_objects={min_objects}, "
+                         f"max_objects={max_objects}")
     counts = {"train": num_train, "val": num_val, "test": num_test}
     params = {"generator_version": GENERATOR_VERSION, "counts": counts, "image_size": image_size,
-              "max_objects": max_objects, "classes": list(classes), "frame": frame, "seed": seed}
+              "min_objects": min_objects, "max_objects": max_objects, "classes": list(classes), "frame": frame,
+              "seed": seed}
     paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
     if _manifest(out_dir) == params:
         return paths
@@ -140,7 +142,8 @@ def _write_split(root: Path, split: str, split_index: int, count: int, params: d
         # One generator per image: an image does not change when split sizes change.
         rng = np.random.default_rng([params["seed"], split_index, i])
         pixels, answer = synthetic_example(rng, image_size=params["image_size"], classes=params["classes"],
-                                           max_objects=params["max_objects"], frame=params["frame"])
+                                           min_objects=params["min_objects"], max_objects=params["max_objects"],
+                                           frame=params["frame"])
         rel = f"images/{split}/{i:06d}.png"
         Image.fromarray(pixels).save(root / rel, format="PNG")
         lines.append(json.dumps({"image": rel, "prompt": SYNTHETIC_PROMPT, "answer": answer}))
@@ -171,7 +174,7 @@ def ensure_dataset(data: DataConfig) -> Path:
     if data.synthetic is not None:
         s = data.synthetic
         generate_synthetic(root, num_train=s.num_train, num_val=s.num_val, num_test=s.num_test,
-                           image_size=s.image_size, max_objects=s.max_objects, frame=data.coord_frame,
-                           seed=s.seed)
+                           image_size=s.image_size, min_objects=s.min_objects, max_objects=s.max_objects,
+                           frame=data.coord_frame, seed=s.seed)
     split_path(root, data.split, "data.split")
     return root

@@ -223,10 +223,14 @@ def write_outputs(spec: SweepSpec, runs: Sequence[Run], records: list[dict[str, 
     figures = {"Final metrics": str(bars.relative_to(root)), **figures}
     variants = "\n".join(f"- `{v}`: `{' '.join(o) or '(base)'}`" for v, o in spec.variant_overrides().items())
     notes = [f"Base config `{spec.base or 'conf/default.yaml'}` with `{' '.join(spec.overrides)}`; "
-             f"seeds {spec.seeds}; evaluated greedily on the `{spec.evaluation.split}` split, "
+             f"seeds {spec.seeds}; evaluated greedily"
+             f"{f' and with {spec.evaluation.samples} samples per row' if spec.evaluation.samples else ''}"
+             f" on the `{spec.evaluation.split}` split, "
              "`total_reward` with the base config's reward weights.",
              f"Variants (`{START}`: the checkpoint the runs start from, evaluated the same way):\n\n{variants}"]
-    return write_report(root / "report.md", f"Sweep {spec.name}", records, HEADLINE, notes, figures)
+    more = {f"Sampled answers ({spec.evaluation.samples} per row at the rollout temperature: the policy GRPO "
+            "trains)": [f"sampled/{k}" for k in HEADLINE]} if spec.evaluation.samples else {}
+    return write_report(root / "report.md", f"Sweep {spec.name}", records, HEADLINE, notes, figures, more)
 
 
 # ------------------------------------------------------------------ the command

@@ -42,6 +42,7 @@ class SweepEvaluation(_Strict):
     split: SplitName = "test"
     max_rows: int = Field(default=0, ge=0)  # 0: the whole split
     gallery_rows: int = Field(default=8, ge=0)
+    samples: int = Field(default=0, ge=0)  # also N sampled answers per row: the `sampled/*` table
     include_start: bool = True  # also evaluate the checkpoint the runs start from (a `start` row)
 
 
@@ -169,7 +170,8 @@ def run_config(spec: SweepSpec, run: Run) -> Config:
 
 def eval_overrides(spec: SweepSpec) -> list[str]:
     e = spec.evaluation
-    return [f"data.split={e.split}", f"evaluation.max_rows={e.max_rows}", f"evaluation.gallery_rows={e.gallery_rows}"]
+    return [f"data.split={e.split}", f"evaluation.max_rows={e.max_rows}", f"evaluation.gallery_rows={e.gallery_rows}",
+            f"evaluation.samples={e.samples}"]
 
 
 def validate(spec: SweepSpec, runs: list[Run]) -> dict[Run, Config]:

@@ -16,7 +16,7 @@ import pytest
 from rl.core.config import load_config
 from rl.sft import SUMMARY, continue_from_sft, main, run_dir
 from rl.sft_data import RUN_MARKER
-from tests.conftest import sft_overrides
+from tests.conftest import CACHE, sft_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +98,23 @@ def test_checkpoint_serves_in_vllm_as_is(sft_run, capsys):
         engine.llm_engine.engine_core.shutdown()
     assert sum(r["tag_count"] for r in records) / len(records) >= 0.75
     assert f"greedy answers from {cfg.sft.output_dir}" in capsys.readouterr().out
+
+
+def test_one_object_images_are_localised_within_minutes(tmp_path, tiny_model_dir):
+    """Issue 21's easy case through the project's own SFT: one object per image (data.synthetic.min_objects =
+    max_objects = 1), the demo's settings otherwise, from the random tiny model. docs/sft.md: held-out IoU
+    0.825 after 600 steps (about 6.5 idle 2-core minutes); here 300 steps: measured IoU 0.507, AP@0.5 0.360,
+    image reliance +1.185 (a plain loop: 0.507, +1.15). The margins leave room for a later onset."""
+    one_object = ["data.synthetic.min_objects=1", "data.synthetic.max_objects=1"]
+    overrides = [*sft_overrides(tmp_path, tiny_model_dir, CACHE / "synthetic-one-object", num_steps=300,
+                                eval_every=0), *one_object]
+    assert main(overrides) == 0
+    summary = json.loads((tmp_path / "sft" / SUMMARY).read_text())
+    before, after = summary["before"], summary["after"]
+    print(f"\none-object SFT {summary['steps']} steps: before {before}\nafter {after}")
+    assert after["format_valid"] >= 0.9
+    assert after["image_reliance"] >= 0.5, after  # coordinates read from the image
+    assert after["mean_iou_matched"] >= 0.35 > before["mean_iou_matched"], after
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, synthetic_dir):

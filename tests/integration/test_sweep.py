@@ -19,7 +19,8 @@ def test_tiny_sweep_runs_end_to_end_and_resumes(ray_cluster, tiny_model_dir, syn
     spec = SweepSpec.model_validate({
         "name": "tiny", "overrides": [*SMALL, "grpo.num_steps=2", "checkpoint.every=0", "logging.image_every=0"],
         "variants": {"all_rewards": [], "no_giou": ["rewards.giou=0"]}, "seeds": [0],
-        "output_dir": str(tmp_path / "sweep"), "evaluation": {"split": "test", "max_rows": 8, "gallery_rows": 4}})
+        "output_dir": str(tmp_path / "sweep"), "evaluation": {"split": "test", "max_rows": 8, "gallery_rows": 4,
+                                                           "samples": 2}})
     assert str(CACHE) in " ".join(spec.overrides)  # the session's cached model and data, no rebuild
     lines: list[str] = []
     report = run_sweep(spec, log=lines.append)
@@ -36,7 +37,14 @@ def test_tiny_sweep_runs_end_to_end_and_resumes(ray_cluster, tiny_model_dir, syn
         total = (row["reward/label_accuracy"] + row["reward/giou"] + 0.5 * row["reward/tag_count"]
                  + row["reward/overlap_penalty"] + row["reward/tests.integration.extra_rewards:response_length"])
         assert row["total_reward"] == pytest.approx(total, abs=1e-9)
+        # Two sampled answers per row, scored the same way: their own box count and format figures.
+        assert 0.0 <= row["sampled/format_valid"] <= 1.0 and row["sampled/box_ratio"] >= 0.0
+        assert row["sampled/total_reward"] == pytest.approx(
+            row["sampled/reward/label_accuracy"] + row["sampled/reward/giou"] + 0.5 * row["sampled/reward/tag_count"]
+            + row["sampled/reward/overlap_penalty"]
+            + row["sampled/reward/tests.integration.extra_rewards:response_length"], abs=1e-9)
     text = report.read_text()
+    assert "## Sampled answers (2 per row" in text and "## Every run" in text
     assert "| start | 1 |" in text and "| all_rewards | 1 |" in text and "| no_giou | 1 |" in text
     for name in ("final-metrics.png", "curves-all_rewards.png", "curves-no_giou.png"):
         assert (root / "figures" / name).stat().st_size > 1000

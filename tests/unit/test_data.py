@@ -105,6 +105,19 @@ def test_crowded_images_keep_every_object_visible(tmp_path: Path) -> None:
         _check_boxes_against_pixels(np.asarray(load_image(row.image)), row.answer, 1000)
 
 
+def test_min_objects_gives_exactly_one_object_per_image(tmp_path: Path) -> None:
+    paths = generate_synthetic(tmp_path, num_train=30, num_val=0, num_test=0, min_objects=1, max_objects=1)
+    counts = [sum(len(b) for _, b in parse_reference_boxes(r.answer)) for r in load_split(paths["train"]).rows]
+    assert counts == [1] * 30
+    # The default range (0) draws the same images as before the key existed: the first answers of seed 0.
+    default = generate_synthetic(tmp_path / "default", num_train=3, num_val=0, num_test=0)
+    assert [r.answer for r in load_split(default["train"]).rows] == [
+        "Nodule <box>[[719, 547, 836, 711]]</box> Fracture <box>[[227, 31, 484, 219], [680, 203, 953, 477]]</box>",
+        "Nodule <box>[[289, 86, 453, 234]]</box> Mass <box>[[680, 445, 797, 672]]</box> Fracture <box>[[125, 86, 320, "
+        "477]]</box>",
+        "No findings."]
+
+
 def test_splits_hold_different_images(tmp_path: Path) -> None:
     generate_synthetic(tmp_path, num_train=20, num_val=20, num_test=20)
     contents = [p.read_bytes() for p in (tmp_path / "images").rglob("*.png")]
@@ -113,6 +126,7 @@ def test_splits_hold_different_images(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [{"image_size": 128, "frame": 100}, {"image_size": 8}, {"max_objects": -1},
+                                 {"min_objects": 2, "max_objects": 1}, {"min_objects": -1},
                                  {"classes": ()}, {"classes": ("A", "A")}, {"classes": tuple("ABCDEFGHI")}])
 def test_generator_rejects_bad_parameters(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(ValueError):

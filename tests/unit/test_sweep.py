@@ -171,6 +171,19 @@ def test_report_shows_mean_and_spread_and_broken_runs(tmp_path):
     assert "| b | 1 | 0.100 ± 0.000 | – |" in text
     assert "## Runs that did not finish" in text and "| b | 0 | failed |" in text
     assert "![Final metrics](figures/final-metrics.png)" in text
+    # Every finished run with its seed, not only the mean.
+    every = text[text.index("## Every run"):text.index("## Runs that did not finish")]
+    assert "| a | 0 | 0.500 | 0.250 |" in every and "| a | 1 | 0.700 | 0.750 |" in every
+    assert "| b | 1 | 0.100 | – |" in every and "| b | 0 |" not in every
+
+
+def test_report_has_one_more_table_per_extra_metric_group(tmp_path):
+    records = [{**r, "sampled/ap50": 0.1 * r["seed"]} for r in RECORDS if r["status"] == "done"]
+    text = write_report(tmp_path / "report.md", "Sweep t", records, ["ap50"],
+                        more={"Sampled answers": ["sampled/ap50"]}).read_text()
+    assert "## Sampled answers\n\n| variant | seeds | sampled/ap50 |\n" in text
+    assert "| a | 2 | 0.050 ± 0.071 |" in text
+    assert "| variant | seed | ap50 | sampled/ap50 |" in text and "| a | 1 | 0.700 | 0.100 |" in text
 
 
 def test_outputs_read_the_trainers_event_files(tmp_path):

@@ -17,7 +17,7 @@ from rl import checkpoint
 from rl.core.config import ConfigError, load_config
 from rl.core.data import PromptOrder
 from rl.core.platform import get_platform
-from rl.evaluate import duplicate_boxes, grounding_metrics, matched_ious, run_evaluation
+from rl.evaluate import duplicate_boxes, grounding_metrics, matched_ious, metrics_markdown, run_evaluation
 from rl.visualize import PREDICTION, REFERENCE, draw
 
 
@@ -168,6 +168,24 @@ def test_grounding_metrics_worked_by_hand():
     assert m["format_valid"] == 0.5 and m["label_accuracy"] == 0.5
     assert m["total_reward"] == pytest.approx(m["reward/total"])
     assert m["duplicate_rate"] == 0.0
+    assert m["box_ratio"] == 0.5  # 2 boxes answered ("nonsense" names none) for 4 reference boxes
+
+
+def test_metrics_markdown_shows_sampled_answers_beside_greedy_ones():
+    greedy = grounding_metrics(["Mass <box>[[0, 0, 10, 10]]</box>"], ["Mass <box>[[0, 0, 10, 10]]</box>"])
+    sampled = grounding_metrics(["No findings."], ["Mass <box>[[0, 0, 10, 10]]</box>"])
+    text = metrics_markdown(greedy | {f"sampled/{k}": v for k, v in sampled.items()}, "t")
+    assert "| metric | greedy | sampled |" in text and "| ap50 | 1.000 | 0.000 |" in text
+    assert "| box_ratio | 1.000 | 0.000 |" in text
+    assert "| metric | value |" in metrics_markdown(greedy, "t")  # greedy only: one column
+
+
+def test_box_ratio_counts_left_out_and_extra_boxes():
+    two = "Mass <box>[[0, 0, 10, 10], [20, 20, 30, 30]]</box>"
+    one = "Mass <box>[[0, 0, 10, 10]]</box>"
+    assert grounding_metrics([one, one], [two, two])["box_ratio"] == 0.5
+    assert grounding_metrics([two, "No findings."], [one, "No findings."])["box_ratio"] == 2.0
+    assert grounding_metrics(["No findings."], ["No findings."])["box_ratio"] == 0.0  # no reference box: no ratio
 
 
 def test_duplicate_rate_counts_boxes_repeating_an_earlier_box_of_their_label():
