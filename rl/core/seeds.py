@@ -12,7 +12,8 @@ starting weights; conf/sweeps/reward_ablation.yaml `seed_keys`):
 | `data.synthetic.seed` | the synthetic images and answers (`rl.core.synthetic`): the data, not the run |
 | `chaos.seed` | which worker each fault drill kills, and when (`rl.faults.Chaos`) |
 
-`grpo.eval_seed` seeds the held-out samples, the same draws before and after training.
+`grpo.eval_seed` seeds the held-out samples, the same draws before and after training;
+`evaluation.sample_seed` the sampled answers of `rl.evaluate` and a sweep's evaluation (`evaluation.samples`).
 """
 
 from __future__ import annotations
