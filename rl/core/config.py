@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -90,6 +90,16 @@ class TinyModelConfig(Section):
     image_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.134, 0.112, 0.121)
 
 
+S = TypeVar("S", bound=Section)
+
+
+def _ordered(section: S, low: str, high: str) -> S:
+    """The section if its field `low` <= its field `high`, else an error naming both."""
+    if getattr(section, low) > getattr(section, high):
+        raise ValueError(f"{low} ({getattr(section, low)}) > {high} ({getattr(section, high)})")
+    return section
+
+
 class ModelConfig(Section):
     # A local HF checkpoint folder (Qwen3-VL or Qwen2.5-VL), checked at start-up (rl/core/model_path.py).
     path: str = "checkpoints/tiny-qwen3vl"
@@ -109,9 +119,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _pixels(self) -> ModelConfig:
-        if self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) > max_pixels ({self.max_pixels})")
-        return self
+        return _ordered(self, "min_pixels", "max_pixels")
 
 
 class SyntheticDataConfig(Section):
@@ -125,9 +133,7 @@ class SyntheticDataConfig(Section):
 
     @model_validator(mode="after")
     def _object_range(self) -> SyntheticDataConfig:
-        if self.min_objects > self.max_objects:
-            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
-        return self
+        return _ordered(self, "min_objects", "max_objects")
 
 
 class DataConfig(Section):
@@ -444,8 +450,10 @@ def _format_errors(err: ValidationError) -> str:
             lines.append(f"{path}: unknown key (expected one of: {known})")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            if path == "<root>" or msg.startswith(f"{path}.") or isinstance(e.get("input"), dict):
-                lines.append(msg)  # the message already names the key (or the input is a whole section)
+            if path == "<root>" or msg.startswith(f"{path}."):
+                lines.append(msg)  # the message already names the key
+            elif isinstance(e.get("input"), dict):
+                lines.append(f"{path}: {msg}")  # a section's own check: its keys are named in the message
             else:
                 lines.append(f"{path}: {msg} (got {e.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(lines)

@@ -78,8 +78,10 @@ def test_truncated_sampling_is_refused_naming_the_key(override):
 
 
 def test_pixel_limits_are_ordered():
-    with pytest.raises(ConfigError, match=r"min_pixels \(20000\) > max_pixels \(16384\)"):
+    with pytest.raises(ConfigError, match=r"model: min_pixels \(20000\) > max_pixels \(16384\)"):
         load_config(overrides=["model.min_pixels=20000"])
+    with pytest.raises(ConfigError, match=r"data.synthetic: min_objects \(4\) > max_objects \(3\)"):
+        load_config(overrides=["data.synthetic.min_objects=4"])
 
 
 def test_missing_config_file_is_named(tmp_path):
