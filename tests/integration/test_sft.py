@@ -103,7 +103,7 @@ def test_checkpoint_serves_in_vllm_as_is(sft_run, capsys):
 def test_one_object_images_are_localised_within_minutes(tmp_path, tiny_model_dir):
     """Issue 21's easy case through the project's own SFT: one object per image (data.synthetic.min_objects =
     max_objects = 1), the demo's settings otherwise, from the random tiny model. docs/sft.md: held-out IoU
-    0.825 after 600 steps (about 6.5 idle 2-core minutes); here 300 steps: measured IoU 0.507, AP@0.5 0.360,
+    0.825 after 600 steps (6:13 on 2 idle cores); here 300 steps: measured IoU 0.507, AP@0.5 0.360,
     image reliance +1.185 (a plain loop: 0.507, +1.15). The margins leave room for a later onset."""
     one_object = ["data.synthetic.min_objects=1", "data.synthetic.max_objects=1"]
     overrides = [*sft_overrides(tmp_path, tiny_model_dir, CACHE / "synthetic-one-object", num_steps=300,
