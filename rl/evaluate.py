@@ -153,11 +153,11 @@ def metrics_markdown(metrics: dict[str, float], title: str) -> str:
     """Headline metrics, AP per class and every reward component, as markdown tables."""
     classes = sorted(k.removeprefix("ap/") for k in metrics if k.startswith("ap/"))
     rewards = sorted(k for k in metrics if k.startswith("reward/"))
+    sampled = "sampled/ap50" in metrics  # evaluation.samples > 0: a column beside the greedy one
+    columns, prefixes = (["greedy", "sampled"], ["", "sampled/"]) if sampled else (["value"], [""])
     return "\n\n".join([
         f"# {title}",
-        markdown_table(["metric", "greedy", "sampled"], [[k, fmt(metrics[k]), fmt(metrics[f"sampled/{k}"])]
-                                                          for k in HEADLINE])
-        if "sampled/ap50" in metrics else markdown_table(["metric", "value"], [[k, fmt(metrics[k])] for k in HEADLINE]),
+        markdown_table(["metric", *columns], [[k, *(fmt(metrics[p + k]) for p in prefixes)] for k in HEADLINE]),
         "## AP per class (box rank in the answer = confidence)",
         markdown_table(["class", "AP@0.5", "AP@[.5:.95]"],
                        [[c, fmt(metrics[f"ap50/{c}"]), fmt(metrics[f"ap/{c}"])] for c in classes]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,7 @@ def write_report(path: str | Path, title: str, records: Sequence[Mapping[str, An
                  more: Mapping[str, Sequence[str]] | None = None) -> Path:
     """report.md: the comparison table of `metrics`, one more per `more` entry (caption -> metrics), every
     finished run with its seed, the runs that did not finish, then the figures (relative paths)."""
-    seeds = {r["variant"]: sum(q["variant"] == r["variant"] and q["status"] == "done" for q in records)
-             for r in records}
+    seeds = Counter(r["variant"] for r in records if r["status"] == "done")
     parts = [f"# {title}", *notes,
              "Mean ± sample standard deviation over seeds (finished runs only).",
              comparison_table(summarize(records, metrics), metrics, seeds)]
