@@ -1,16 +1,20 @@
-"""Shared fixtures: the tiny offline Qwen3-VL and synthetic data, built once and cached across runs.
+"""Shared fixtures: the tiny offline Qwen3-VL and synthetic data, built once and cached across runs, and the
+long SFT runs, which train in the background while the other tests run (tests/background.py).
 
 Both builders skip work when a complete build with the same spec is already there, so the cache in
 .cache/tests (git-ignored) makes later sessions start instantly; a changed spec rebuilds."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from rl.core.config import Config, load_config
+from tests.background import BackgroundRun
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "tests"
@@ -19,14 +23,18 @@ os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-@pytest.fixture(scope="session")
-def tiny_config() -> Config:
+def suite_config() -> Config:
     """conf/default.yaml pointed at the cached test model and a small synthetic dataset."""
     return load_config(overrides=[
         f"model.path={CACHE / 'tiny-qwen3vl'}",
         f"data.path={CACHE / 'synthetic'}",
         "data.synthetic.num_train=64", "data.synthetic.num_val=8", "data.synthetic.num_test=8",
     ])
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Config:
+    return suite_config()
 
 
 @pytest.fixture(scope="session")
@@ -103,17 +111,77 @@ def sft_overrides(out: Path, model: Path, data: Path = SFT_DEMO_DATA, **sft: obj
             f"checkpoint.dir={out / 'ckpt'}", *(f"sft.{k}={v}" for k, v in base.items())]
 
 
-@pytest.fixture(scope="session")
-def sft_run(tmp_path_factory, tiny_model_dir: Path) -> tuple[Config, dict]:
-    """One full SFT run through the CLI with the demo's settings, once per session: the SFT tests check
-    it, the GRPO learning test starts from its checkpoint. Returns its config and sft_summary.json."""
-    import json
+def one_object_overrides(out: Path, model: Path) -> list[str]:
+    """Issue 21's easy case: one object per image, the demo's SFT settings otherwise, 300 steps."""
+    return [*sft_overrides(out, model, CACHE / "synthetic-one-object", num_steps=300, eval_every=0),
+            "data.synthetic.min_objects=1", "data.synthetic.max_objects=1"]
 
-    from rl.sft import SUMMARY, main
 
-    # Exactly the demo's SFT settings, eval and logging intervals included: they change the trajectory
-    # (measured at 250 steps: val tag_count 0.945 / 0.891 / 0.711 for three settings; 0.977 at 350).
-    overrides = sft_overrides(tmp_path_factory.mktemp("sft-demo"), tiny_model_dir)
-    assert main(overrides) == 0
-    cfg = load_config(overrides=overrides)
+# The SFT runs that train in the background: the session fixture that returns each run's (config,
+# sft_summary.json) -> its rl.sft overrides. Exactly the demo's settings for `sft_run`, eval and logging
+# intervals included: they change the trajectory. Listed in the order their tests run: the shorter first.
+BACKGROUND_SFT: dict[str, Callable[[Path, Path], list[str]]] = {
+    "one_object_sft_run": one_object_overrides,
+    "sft_run": sft_overrides,
+}
+BACKGROUND_TIMEOUT_S = 3600  # a demo SFT on one thread, sharing the cores with the rest of the suite
+_RUNS = pytest.StashKey[dict[str, BackgroundRun]]()
+
+
+def _needs(item: pytest.Item) -> int:
+    """Where an item goes: -1 (first) unless it needs a background run, else that run's place in the list."""
+    return min((i for i, name in enumerate(BACKGROUND_SFT) if name in item.fixturenames), default=-1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_needs)  # stable: the tests that wait for a background run go last
+
+
+def _start(name: str) -> BackgroundRun:
+    from rl.tiny import ensure_model
+
+    model = Path(ensure_model(suite_config().model))
+    folder = CACHE / "background" / f"{name}-{os.getpid()}"
+    run = BackgroundRun("rl.sft", BACKGROUND_SFT[name](folder, model), folder)
+    run.start(REPO)
+    return run
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    runs: dict[str, BackgroundRun] = {}
+    session.config.stash[_RUNS] = runs
+    if session.config.option.collectonly:
+        return
+    for name in BACKGROUND_SFT:
+        if any(name in item.fixturenames for item in session.items):
+            runs[name] = _start(name)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for run in session.config.stash.get(_RUNS, {}).values():
+        run.stop()
+
+
+def _finished_sft(request: pytest.FixtureRequest, name: str) -> tuple[Config, dict]:
+    from rl.sft import SUMMARY
+
+    runs = request.config.stash.setdefault(_RUNS, {})
+    if name not in runs:  # collected without the hook (e.g. run through another plugin): start it now
+        runs[name] = _start(name)
+    run = runs[name]
+    run.wait(BACKGROUND_TIMEOUT_S)
+    cfg = load_config(overrides=run.args)
     return cfg, json.loads((Path(cfg.sft.output_dir) / SUMMARY).read_text())
+
+
+@pytest.fixture(scope="session")
+def sft_run(request: pytest.FixtureRequest) -> tuple[Config, dict]:
+    """The demo's SFT through the CLI, once per session: the SFT tests check it, the GRPO learning test
+    starts from its checkpoint. Its config and sft_summary.json."""
+    return _finished_sft(request, "sft_run")
+
+
+@pytest.fixture(scope="session")
+def one_object_sft_run(request: pytest.FixtureRequest) -> tuple[Config, dict]:
+    """`one_object_overrides`' run: its config and sft_summary.json."""
+    return _finished_sft(request, "one_object_sft_run")

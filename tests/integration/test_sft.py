@@ -2,8 +2,8 @@
 checkpoint loads in transformers and vLLM as-is, an interrupted run resumes exactly, and several
 processes train together (torchrun, gloo).
 
-The learnability run is the demo's SFT (`sft_run` in tests/conftest.py, ~5 minutes on 2 idle cores); it runs
-once per session and the GRPO learning test starts from its checkpoint."""
+The learnability run is the demo's SFT (`sft_run` in tests/conftest.py); it runs once per session, in the
+background while the other tests run, and the GRPO learning test starts from its checkpoint."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from rl.core.config import load_config
 from rl.sft import SUMMARY, continue_from_sft, main, run_dir
 from rl.sft_data import RUN_MARKER
-from tests.conftest import CACHE, sft_overrides
+from tests.conftest import sft_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -100,18 +100,16 @@ def test_checkpoint_serves_in_vllm_as_is(sft_run, capsys):
     assert f"greedy answers from {cfg.sft.output_dir}" in capsys.readouterr().out
 
 
-def test_one_object_images_are_localised_within_minutes(tmp_path, tiny_model_dir):
+def test_one_object_images_are_localised_within_minutes(one_object_sft_run):
     """Issue 21's easy case through the project's own SFT: one object per image (data.synthetic.min_objects =
-    max_objects = 1), the demo's settings otherwise, from the random tiny model. docs/sft.md: held-out IoU
-    0.825 after 600 steps (6:13 on 2 idle cores); here 300 steps: measured IoU 0.507, AP@0.5 0.360,
-    image reliance +1.185 (a plain loop: 0.507, +1.15). The margins leave room for a later onset."""
-    one_object = ["data.synthetic.min_objects=1", "data.synthetic.max_objects=1"]
-    overrides = [*sft_overrides(tmp_path, tiny_model_dir, CACHE / "synthetic-one-object", num_steps=300,
-                                eval_every=0), *one_object]
-    assert main(overrides) == 0
-    summary = json.loads((tmp_path / "sft" / SUMMARY).read_text())
+    max_objects = 1), the demo's settings otherwise, from the random tiny model (`one_object_overrides` in
+    tests/conftest.py). docs/sft.md: held-out IoU 0.825 after 600 steps (6:13 on 2 idle cores); here 300 steps:
+    measured IoU 0.507, AP@0.5 0.360, image reliance +1.185 (a plain loop: 0.507, +1.15). The margins leave
+    room for a later onset."""
+    _, summary = one_object_sft_run
     before, after = summary["before"], summary["after"]
     print(f"\none-object SFT {summary['steps']} steps: before {before}\nafter {after}")
+    assert summary["steps"] == 300
     assert after["format_valid"] >= 0.9
     assert after["image_reliance"] >= 0.5, after  # coordinates read from the image
     assert after["mean_iou_matched"] >= 0.35 > before["mean_iou_matched"], after
