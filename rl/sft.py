@@ -113,7 +113,7 @@ def training_args(cfg: Config, platform: Platform, run_dir: Path) -> Any:
         warmup_steps=sft.warmup_steps,
         weight_decay=sft.weight_decay,
         max_grad_norm=sft.grad_clip,
-        train_sampling_strategy="group_by_length" if sft.group_by_length else "random",
+        train_sampling_strategy=sft.sampling,
         length_column_name="length",
         eval_strategy="steps" if sft.eval_every else "no",
         eval_steps=sft.eval_every or None,
@@ -303,8 +303,8 @@ def build_run(cfg: Config) -> SFTRun:
         freeze_vision_encoder(model, "sft.freeze_vision")
     trainer = GroundingSFTTrainer(
         model=model, args=args,
-        train_dataset=to_dataset(train, processor.tokenizer),
-        eval_dataset=to_dataset(val, processor.tokenizer) if val.rows else None,
+        train_dataset=to_dataset(train, processor.tokenizer, cfg.sft.sampling),
+        eval_dataset=to_dataset(val, processor.tokenizer, cfg.sft.sampling) if val.rows else None,
         processing_class=processor, data_collator=make_collator(processor),
         callbacks=[grounding, scalars, Finish(run_fingerprint(cfg), bool(val.rows))],
     )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 from trl import SFTTrainer
 from trl.models.utils import unwrap_model_for_generation
 
@@ -196,11 +197,18 @@ class Finish(TrainerCallback):
 
 
 class GroundingSFTTrainer(SFTTrainer):
-    """TRL's SFTTrainer, keeping the length column that length-grouped batching needs."""
+    """TRL's SFTTrainer, keeping the length column that the length-aware samplers need, and drawing
+    batch_rebalance's rows with the run's seed."""
 
     def _set_signature_columns_if_needed(self) -> None:
-        # Keep the precomputed "length" column: the length-grouped sampler reads it after unused
-        # columns are dropped (the collator ignores it).
+        # Keep the precomputed "length" column: the sampler reads it after unused columns are dropped
+        # (the collator ignores it).
         super()._set_signature_columns_if_needed()
         if "length" not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, "length"]
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, BatchRebalanceSampler):  # transformers leaves it at its own fixed seed
+            sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return sampler

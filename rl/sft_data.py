@@ -92,18 +92,18 @@ def load_sft_split(cfg: Config, role: Literal["train", "val"], processor: Any) -
     return SFTSplit(rows=rows, lengths=lengths, prompt_lengths=prompt_lengths, skipped=skipped)
 
 
-def to_dataset(split: SFTSplit, tokenizer: Any) -> datasets.Dataset:
-    """TRL's vision prompt-completion format; images are decoded lazily from their paths per batch."""
+def to_dataset(split: SFTSplit, tokenizer: Any, sampling: str) -> datasets.Dataset:
+    """TRL's vision prompt-completion format; images are decoded lazily from their paths per batch. The
+    "length" column is what `sft.sampling` sorts by: the whole row within one step (batch_rebalance), the
+    prompt and image across steps (group_by_length: grouping by answer length would give batches of one
+    answer shape, all "No findings." or all 3-object answers, and the model then ignores the image)."""
     import datasets
 
     data = {
         "images": [[str(row.image)] for row in split.rows],
         "prompt": [prompt_text(tokenizer, row.prompt) for row in split.rows],
         "completion": [completion_text(tokenizer, row.answer) for row in split.rows],
-        # Grouped by prompt length only: image sizes are where the padding comes from, and grouping by
-        # answer length would give batches of one answer shape (all "No findings.", all 3-object answers),
-        # whose gradient no longer depends on the image (measured: the model then ignores it).
-        "length": split.prompt_lengths,
+        "length": split.lengths if sampling == "batch_rebalance" else split.prompt_lengths,
     }
     features = datasets.Features({
         "images": datasets.Sequence(datasets.Image()),

@@ -18,6 +18,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "rollout": ("rl.tools.bench_rollout", "RolloutWorker over Ray vs vllm.LLM.generate in-process, tokens/s"),
     "learner": ("rl.tools.bench_learner", "GRPO update through Ray learner actors (DeepSpeed) vs a plain PyTorch loop"),
     "step": ("rl.tools.bench_step", "seconds per GRPO step, ours vs TRL's GRPOTrainer, same model, data, rewards"),
+    "sft": ("rl.tools.bench_sft", "SFT samples/s, length-rebalanced micro-batches vs one random batch per step"),
 }
 
 

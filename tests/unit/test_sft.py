@@ -75,7 +75,8 @@ def test_labels_cover_the_answer_and_eos_only(tiny_config, synthetic_dir, proces
     split = load_sft_split(tiny_config, "train", processor)
     rows = split.rows[:4]
     sub = type(split)(rows=rows, lengths=split.lengths[:4], prompt_lengths=split.prompt_lengths[:4])
-    batch = make_collator(processor)([to_dataset(sub, processor.tokenizer)[i] for i in range(len(rows))])
+    dataset = to_dataset(sub, processor.tokenizer, "batch_rebalance")
+    batch = make_collator(processor)([dataset[i] for i in range(len(rows))])
     tok = processor.tokenizer
     image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     for i, row in enumerate(rows):
@@ -146,7 +147,7 @@ def test_sft_trains_on_data_split_and_holds_out_data_val_split(tiny_config, synt
 
 def test_training_arguments_come_from_the_config(tiny_config, tmp_path):
     cfg = _cfg(tiny_config, lr=2e-4, lr_schedule="cosine", warmup_steps=7, grad_accum_steps=4, micro_batch_size=8,
-               num_steps=33, eval_every=0, group_by_length=True)
+               num_steps=33, eval_every=0, sampling="group_by_length")
     args = training_args(cfg, get_platform("cpu"), tmp_path)
     assert (args.learning_rate, args.warmup_steps, args.gradient_accumulation_steps) == (2e-4, 7, 4)
     assert args.lr_scheduler_type == "cosine" and args.max_steps == 33 and args.save_steps == 33
@@ -156,6 +157,34 @@ def test_training_arguments_come_from_the_config(tiny_config, tmp_path):
     assert not args.bf16 and not args.gradient_checkpointing and args.deepspeed is None
     assert training_args(_cfg(cfg, lr_schedule="constant"), get_platform("cpu"), tmp_path).lr_scheduler_type \
         == "constant_with_warmup"
+
+
+def test_batch_rebalance_splits_each_random_step_by_length(tiny_config, synthetic_dir, tmp_path):
+    """sft.sampling=batch_rebalance: a step's rows are a random draw of the run's seed, and its micro-batches
+    are runs of that draw sorted by total length, so each is padded to its own longest row only."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    from rl.sft import build_run
+
+    def first_step(seed: int) -> tuple[list[list[int]], list[int]]:
+        cfg = _cfg(tiny_config, sampling="batch_rebalance", micro_batch_size=8, grad_accum_steps=4,
+                   output_dir=str(tmp_path / "out"), state_dir=str(tmp_path / f"steps-{seed}"))
+        cfg = cfg.model_copy(update={"seed": seed, "logging": cfg.logging.model_copy(
+            update={"dir": str(tmp_path / "runs")})})
+        run = build_run(cfg)
+        sampler = run.trainer._get_train_sampler()
+        assert isinstance(sampler, BatchRebalanceSampler) and sampler.seed == seed
+        return [next(batches) for batches in [iter(sampler)] for _ in range(4)], run.train.lengths
+
+    step, lengths = first_step(seed=0)
+    rows = [i for batch in step for i in batch]
+    assert len(rows) == len(set(rows)) == 32 and rows != list(range(32))
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in step)
+    assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:], strict=False)), spans  # no interleaving
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in step)
+    assert padded < 32 * max(lengths[i] for i in rows)  # less than one batch padded to the longest
+    other, _ = first_step(seed=1)
+    assert {i for b in other for i in b} != set(rows)
 
 
 def test_deepspeed_follows_the_learner_settings(tiny_config):
