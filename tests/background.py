@@ -4,11 +4,13 @@ Most slow tests wait (Ray and vLLM start-up, the fault drills' deadlines) and le
 run is CPU-bound for many minutes. tests/conftest.py starts each run a session needs when collection ends and
 orders the tests that need it last, so the run trains on what the other tests leave.
 
-A run gets one torch thread and a lower priority: the tests in front keep their speed, and the run cannot
-stall itself. Two torch threads stall each other whenever another process takes one of their cores: every
-parallel region ends in a barrier that waits for the slower thread (measured on 2 cores with one core busy:
-a demo SFT step took 11.3 s niced on two threads, 1.4 s niced on one thread, 0.84 s alone on two).
-A run's weights do not depend on how fast it goes; they do on the thread count (the order of float sums)."""
+A run gets one torch thread and the idle scheduling class (SCHED_IDLE: the CPU only when nothing else
+wants it), so the tests in front keep their speed, Ray's workers included (Ray runs them at nice 15, below
+any merely niced run), and the run cannot stall itself. Two torch threads stall each other whenever another
+process takes one of their cores: every parallel region ends in a barrier that waits for the slower thread
+(measured on 2 cores with one core busy: a demo SFT step took 11.3 s niced on two threads, 1.4 s niced on one
+thread, 0.84 s alone on two). A run's weights do not depend on how fast it goes; they do on the thread
+count (the order of float sums)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-NICENESS = 10  # the tests in front get about ten times the CPU share of a run on a shared core
 LOG_TAIL = 4000  # characters of a failed run's log in the test's failure message
+
+
+def _lowest_priority() -> None:
+    """In the child before it starts: the idle class where the OS has one, else the highest niceness."""
+    if hasattr(os, "sched_setscheduler"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.nice(19)
 
 
 @dataclass
@@ -42,7 +51,7 @@ class BackgroundRun:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
                 [sys.executable, "-m", self.module, *self.args], cwd=repo, env=env, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.nice(NICENESS),
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_lowest_priority,
             )
 
     def wait(self, timeout_s: float) -> None:
