@@ -1,23 +1,31 @@
-"""Long CLI runs that train in a child process while the rest of the session runs.
+"""Long CLI runs that train in child processes while the rest of the session runs.
 
 Most slow tests wait (Ray and vLLM start-up, the fault drills' deadlines) and leave a core idle, while an SFT
-run is CPU-bound for many minutes. tests/conftest.py starts each run a session needs when collection ends and
-orders the tests that need it last, so the run trains on what the other tests leave.
+run is CPU-bound for many minutes. tests/conftest.py queues the runs a session needs when collection ends
+(one after another, each as soon as the previous one ends) and orders the tests that need them last, so the
+runs train on what the other tests leave.
 
-A run gets one torch thread and the idle scheduling class (SCHED_IDLE: the CPU only when nothing else
-wants it), so the tests in front keep their speed, Ray's workers included (Ray runs them at nice 15, below
-any merely niced run), and the run cannot stall itself. Two torch threads stall each other whenever another
-process takes one of their cores: every parallel region ends in a barrier that waits for the slower thread
+A run's processes get the idle scheduling class (SCHED_IDLE: the CPU only when nothing else wants it), so the
+tests in front keep their speed, Ray's workers included (Ray runs them at nice 15, below any merely niced
+run), and one torch thread each: two threads of one process stall each other whenever another process takes
+one of their cores, because every parallel region ends in a barrier that waits for the slower thread
 (measured on 2 cores with one core busy: a demo SFT step took 11.3 s niced on two threads, 1.4 s niced on one
-thread, 0.84 s alone on two). A run's weights do not depend on how fast it goes; they do on the thread
-count (the order of float sums)."""
+thread, 0.84 s alone on two). Several cores are used through several processes (torchrun), which meet once
+per step. Tests whose deadlines time process teardown under a real scheduler (marker `slurm`) run with the
+queue paused. A run's weights do not depend on how fast it goes; they do on the thread and process counts (the
+order of float sums)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +48,7 @@ class BackgroundRun:
     args: list[str]
     folder: Path
     process: subprocess.Popen | None = field(default=None, init=False)
+    started: threading.Event = field(default_factory=threading.Event, init=False)
 
     @property
     def log(self) -> Path:
@@ -52,14 +61,17 @@ class BackgroundRun:
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
                 [sys.executable, "-m", self.module, *self.args], cwd=repo, env=env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_lowest_priority,
+                start_new_session=True,  # its own process group: a kill reaches torchrun's workers too
             )
+        self.started.set()
 
     def wait(self, timeout_s: float) -> None:
         """Until the run ends; a failed or overdue run fails the test that needs it, with its log's tail."""
-        if self.process is None:
-            raise RuntimeError(f"background run {self.module} was never started")
+        deadline = time.monotonic() + timeout_s
+        if not self.started.wait(timeout_s) or self.process is None:
+            raise AssertionError(f"python -m {self.module} did not start within {timeout_s:.0f} s")
         try:
-            code = self.process.wait(timeout=timeout_s)
+            code = self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self._kill()
             raise AssertionError(
@@ -74,9 +86,48 @@ class BackgroundRun:
 
     def _kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def _tail(self) -> str:
         text = self.log.read_text(errors="replace") if self.log.is_file() else "(no log)"
         return f"--- last lines of {self.log} ---\n{text[-LOG_TAIL:]}"
+
+
+class BackgroundQueue:
+    """Runs started one after another on a daemon thread, each when the previous one has ended."""
+
+    def __init__(self, runs: list[BackgroundRun], repo: Path) -> None:
+        self.runs = runs
+        self._lock = threading.Lock()  # a run is started, or the queue stopped, never both at once
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run_all, args=(repo,), name="background-runs", daemon=True)
+        self._thread.start()
+
+    def _run_all(self, repo: Path) -> None:
+        for run in self.runs:
+            with self._lock:
+                if self._stopped:
+                    return
+                run.start(repo)
+            assert run.process is not None
+            run.process.wait()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The running run stopped (SIGSTOP to its process group) and none started until the block ends."""
+        with self._lock:
+            running = [run for run in self.runs if run.process is not None and run.process.poll() is None]
+            for run in running:
+                os.killpg(run.process.pid, signal.SIGSTOP)
+            try:
+                yield
+            finally:
+                for run in running:
+                    os.killpg(run.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        for run in self.runs:
+            run.stop()

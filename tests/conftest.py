@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from rl.core.config import Config, load_config
-from tests.background import BackgroundRun
+from tests.background import BackgroundQueue, BackgroundRun
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "tests"
@@ -117,15 +117,18 @@ def one_object_overrides(out: Path, model: Path) -> list[str]:
             "data.synthetic.min_objects=1", "data.synthetic.max_objects=1"]
 
 
-# The SFT runs that train in the background: the session fixture that returns each run's (config,
-# sft_summary.json) -> its rl.sft overrides. Exactly the demo's settings for `sft_run`, eval and logging
-# intervals included: they change the trajectory. Listed in the order their tests run: the shorter first.
+# The SFT runs that train in the background (tests/background.py): the session fixture that returns each run's
+# (config, sft_summary.json) -> its rl.sft overrides, in the order they run: the shorter first. The demo's
+# settings for `sft_run`, eval and logging intervals included (they change the trajectory), on two processes
+# of one thread (BACKGROUND_PROCESSES) with the same 32 rows per step: 16 per process.
 BACKGROUND_SFT: dict[str, Callable[[Path, Path], list[str]]] = {
     "one_object_sft_run": one_object_overrides,
     "sft_run": sft_overrides,
 }
-BACKGROUND_TIMEOUT_S = 3600  # a demo SFT on one thread, sharing the cores with the rest of the suite
+BACKGROUND_PROCESSES = ["sft.num_processes=2", "sft.micro_batch_size=16", "sft.grad_accum_steps=1"]
+BACKGROUND_TIMEOUT_S = 3600  # the demo SFT, sharing the cores with the rest of the suite
 _RUNS = pytest.StashKey[dict[str, BackgroundRun]]()
+_QUEUE = pytest.StashKey[BackgroundQueue]()
 
 
 def _needs(item: pytest.Item) -> int:
@@ -137,38 +140,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_needs)  # stable: the tests that wait for a background run go last
 
 
-def _start(name: str) -> BackgroundRun:
+def _runs(names: list[str]) -> dict[str, BackgroundRun]:
     from rl.tiny import ensure_model
 
     model = Path(ensure_model(suite_config().model))
-    folder = CACHE / "background" / f"{name}-{os.getpid()}"
-    run = BackgroundRun("rl.sft", BACKGROUND_SFT[name](folder, model), folder)
-    run.start(REPO)
-    return run
+    folders = {name: CACHE / "background" / f"{name}-{os.getpid()}" for name in names}
+    return {name: BackgroundRun("rl.sft", [*BACKGROUND_SFT[name](folders[name], model), *BACKGROUND_PROCESSES],
+                                folders[name]) for name in names}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    runs: dict[str, BackgroundRun] = {}
-    session.config.stash[_RUNS] = runs
-    if session.config.option.collectonly:
+    names = [name for name in BACKGROUND_SFT if any(name in item.fixturenames for item in session.items)]
+    if session.config.option.collectonly or not names:
         return
-    for name in BACKGROUND_SFT:
-        if any(name in item.fixturenames for item in session.items):
-            runs[name] = _start(name)
+    runs = _runs(names)
+    session.config.stash[_RUNS] = runs
+    session.config.stash[_QUEUE] = BackgroundQueue(list(runs.values()), REPO)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    for run in session.config.stash.get(_RUNS, {}).values():
-        run.stop()
+    queue = session.config.stash.get(_QUEUE, None)
+    if queue is not None:
+        queue.stop()
+
+
+@pytest.fixture(autouse=True)
+def _background_paused_for_slurm(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The Slurm drill times how fast a cancelled job's processes go: no background run beside it."""
+    queue = request.config.stash.get(_QUEUE, None)
+    if queue is None or request.node.get_closest_marker("slurm") is None:
+        yield
+        return
+    with queue.paused():
+        yield
 
 
 def _finished_sft(request: pytest.FixtureRequest, name: str) -> tuple[Config, dict]:
     from rl.sft import SUMMARY
 
-    runs = request.config.stash.setdefault(_RUNS, {})
-    if name not in runs:  # collected without the hook (e.g. run through another plugin): start it now
-        runs[name] = _start(name)
-    run = runs[name]
+    run = request.config.stash[_RUNS][name]  # queued by pytest_collection_finish
     run.wait(BACKGROUND_TIMEOUT_S)
     cfg = load_config(overrides=run.args)
     return cfg, json.loads((Path(cfg.sft.output_dir) / SUMMARY).read_text())
