@@ -118,12 +118,12 @@ def one_object_overrides(out: Path, model: Path) -> list[str]:
 
 
 # The SFT runs that train in the background (tests/background.py): the session fixture that returns each run's
-# (config, sft_summary.json) -> its rl.sft overrides, in the order they run: the shorter first. The demo's
-# settings for `sft_run`, eval and logging intervals included (they change the trajectory), on two processes
-# of one thread (BACKGROUND_PROCESSES) with the same 32 rows per step: 16 per process.
+# (config, sft_summary.json) -> its rl.sft overrides, in the order they run: first the demo's SFT, which the
+# GRPO learning test then starts from. The demo's settings, eval and logging intervals included (they change
+# the trajectory), on two processes of one thread (BACKGROUND_PROCESSES) with the same 32 rows per step.
 BACKGROUND_SFT: dict[str, Callable[[Path, Path], list[str]]] = {
-    "one_object_sft_run": one_object_overrides,
     "sft_run": sft_overrides,
+    "one_object_sft_run": one_object_overrides,
 }
 BACKGROUND_PROCESSES = ["sft.num_processes=2", "sft.micro_batch_size=16", "sft.grad_accum_steps=1"]
 BACKGROUND_TIMEOUT_S = 3600  # the demo SFT, sharing the cores with the rest of the suite
@@ -131,13 +131,17 @@ _RUNS = pytest.StashKey[dict[str, BackgroundRun]]()
 _QUEUE = pytest.StashKey[BackgroundQueue]()
 
 
-def _needs(item: pytest.Item) -> int:
-    """Where an item goes: -1 (first) unless it needs a background run, else that run's place in the list."""
-    return min((i for i, name in enumerate(BACKGROUND_SFT) if name in item.fixturenames), default=-1)
+def _place(item: pytest.Item) -> int:
+    """Where an item runs: the other tests first, then the Slurm drill (with the queue paused, and after the
+    others the background run is likely done), then the tests of each background run in the queue's order."""
+    needs = [i for i, name in enumerate(BACKGROUND_SFT) if name in item.fixturenames]
+    if needs:
+        return 2 + min(needs)
+    return 1 if item.get_closest_marker("slurm") else 0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=_needs)  # stable: the tests that wait for a background run go last
+    items.sort(key=_place)  # stable within each place
 
 
 def _runs(names: list[str]) -> dict[str, BackgroundRun]:
