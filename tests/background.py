@@ -10,10 +10,9 @@ tests in front keep their speed, Ray's workers included (Ray runs them at nice 1
 run), and one torch thread each: two threads of one process stall each other whenever another process takes
 one of their cores, because every parallel region ends in a barrier that waits for the slower thread
 (measured on 2 cores with one core busy: a demo SFT step took 11.3 s niced on two threads, 1.4 s niced on one
-thread, 0.84 s alone on two). Several cores are used through several processes (torchrun), which meet once
-per step. Tests whose deadlines time process teardown under a real scheduler (marker `slurm`) run with the
-queue paused. A run's weights do not depend on how fast it goes; they do on the thread and process counts (the
-order of float sums)."""
+thread, 0.84 s alone on two). Tests whose deadlines time process teardown under a real scheduler (marker
+`slurm`) run with the queue paused. A run's weights do not depend on how fast it goes; they do on the thread
+count (the order of float sums)."""
 
 from __future__ import annotations
 
@@ -61,7 +60,7 @@ class BackgroundRun:
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
                 [sys.executable, "-m", self.module, *self.args], cwd=repo, env=env, stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_lowest_priority,
-                start_new_session=True,  # its own process group: a kill reaches torchrun's workers too
+                start_new_session=True,  # its own process group: a kill or a pause reaches all of it
             )
         self.started.set()
 
