@@ -346,8 +346,8 @@ class SFTConfig(Section):
     num_steps: int = Field(default=900, ge=1)  # optimizer steps
     # Rows per optimizer step = micro x accumulation x processes (32 in the demo). With sampling=batch_rebalance
     # a micro-batch holds micro rows on average: short answers go together, long ones together.
-    micro_batch_size: int = Field(default=16, ge=1)
-    grad_accum_steps: int = Field(default=2, ge=1)
+    micro_batch_size: int = Field(default=32, ge=1)
+    grad_accum_steps: int = Field(default=1, ge=1)
     num_processes: int = Field(default=1, ge=1)  # > 1: torchrun this many processes on this node
     lr: float = Field(default=1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup; short runs learn faster constant
@@ -365,7 +365,7 @@ class SFTConfig(Section):
     # random batch, less padding. group_by_length: batches of similar prompt+image length across the epoch
     # (images of many sizes; grouping by answer length instead would give steps of one answer shape, whose
     # gradient stops depending on the image). random: batches as drawn.
-    sampling: Literal["batch_rebalance", "group_by_length", "random"] = "batch_rebalance"
+    sampling: Literal["batch_rebalance", "group_by_length", "random"] = "group_by_length"
     eval_every: int = Field(default=50, ge=0)  # val loss every N steps; 0: only at the end
     grounding_eval_rows: int = Field(default=64, ge=0)  # data.val_split rows answered greedily before/after; 0: off
     eval_batch_size: int = Field(default=32, ge=1)

@@ -1,5 +1,5 @@
-"""`python -m rl.bench sft`: SFT training throughput with the configured batching (conf/default.yaml:
-`sft.sampling=batch_rebalance`, 16 rows x 2 accumulation steps) vs one random batch of the same 32 rows per
+"""`python -m rl.bench sft`: SFT training throughput with length-rebalanced micro-batches
+(`sft.sampling=batch_rebalance`, 16 rows x 2 accumulation steps) vs one random batch of the same 32 rows per
 step (`sft.sampling=random`, 32 x 1), both through rl.sft's trainer (TRL's SFTTrainer).
 
 The two sides differ only in how a step's rows are cut into micro-batches; the gradient of a step is the same
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE = Path(".cache/bench")
+OURS = ["sft.sampling=batch_rebalance", "sft.micro_batch_size=16", "sft.grad_accum_steps=2"]
 BASELINE = ["sft.sampling=random", "sft.micro_batch_size=32", "sft.grad_accum_steps=1"]
 
 
@@ -57,7 +58,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     from rl.tiny import ensure_model
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(overrides=_overrides(args, Path(tempfile.gettempdir())))
+    cfg = load_config(overrides=[*_overrides(args, Path(tempfile.gettempdir())), *OURS])
     ensure_model(cfg.model)
     ensure_dataset(cfg.data)
     s = cfg.sft
@@ -67,7 +68,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     ours: list[float] = []
     base: list[float] = []
     for round_ in range(args.rounds):
-        ours.append(_train(args, []))
+        ours.append(_train(args, OURS))
         base.append(_train(args, BASELINE))
         print(f"  round {round_ + 1}: ours {ours[-1]:.1f} samples/s, baseline {base[-1]:.1f} samples/s", flush=True)
     best, best_base = max(ours), max(base)
