@@ -96,15 +96,15 @@ class BackgroundRun:
 class BackgroundQueue:
     """Runs started one after another on a daemon thread, each when the previous one has ended."""
 
-    def __init__(self, runs: list[BackgroundRun], repo: Path) -> None:
-        self.runs = runs
+    def __init__(self, runs: dict[str, BackgroundRun], repo: Path) -> None:
+        self.runs = runs  # by name, in the order they run
         self._lock = threading.Lock()  # a run is started, or the queue stopped, never both at once
         self._stopped = False
         self._thread = threading.Thread(target=self._run_all, args=(repo,), name="background-runs", daemon=True)
         self._thread.start()
 
     def _run_all(self, repo: Path) -> None:
-        for run in self.runs:
+        for run in self.runs.values():
             with self._lock:
                 if self._stopped:
                     return
@@ -116,7 +116,7 @@ class BackgroundQueue:
     def paused(self) -> Iterator[None]:
         """The running run stopped (SIGSTOP to its process group) and none started until the block ends."""
         with self._lock:
-            running = [run for run in self.runs if run.process is not None and run.process.poll() is None]
+            running = [run for run in self.runs.values() if run.process is not None and run.process.poll() is None]
             for run in running:
                 os.killpg(run.process.pid, signal.SIGSTOP)
             try:
@@ -128,5 +128,5 @@ class BackgroundQueue:
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-        for run in self.runs:
+        for run in self.runs.values():
             run.stop()

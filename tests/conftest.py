@@ -129,7 +129,6 @@ BACKGROUND_SFT: dict[str, Callable[[Path, Path], list[str]]] = {
 }
 BACKGROUND_BATCHES = ["sft.sampling=batch_rebalance", "sft.micro_batch_size=16", "sft.grad_accum_steps=2"]
 BACKGROUND_TIMEOUT_S = 3600  # the demo SFT, sharing the cores with the rest of the suite
-_RUNS = pytest.StashKey[dict[str, BackgroundRun]]()
 _QUEUE = pytest.StashKey[BackgroundQueue]()
 
 
@@ -159,9 +158,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     names = [name for name in BACKGROUND_SFT if any(name in item.fixturenames for item in session.items)]
     if session.config.option.collectonly or not names:
         return
-    runs = _runs(names)
-    session.config.stash[_RUNS] = runs
-    session.config.stash[_QUEUE] = BackgroundQueue(list(runs.values()), REPO)
+    session.config.stash[_QUEUE] = BackgroundQueue(_runs(names), REPO)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -184,7 +181,7 @@ def _background_paused_for_slurm(request: pytest.FixtureRequest) -> Iterator[Non
 def _finished_sft(request: pytest.FixtureRequest, name: str) -> tuple[Config, dict]:
     from rl.sft import SUMMARY
 
-    run = request.config.stash[_RUNS][name]  # queued by pytest_collection_finish
+    run = request.config.stash[_QUEUE].runs[name]  # queued by pytest_collection_finish
     run.wait(BACKGROUND_TIMEOUT_S)
     cfg = load_config(overrides=run.args)
     return cfg, json.loads((Path(cfg.sft.output_dir) / SUMMARY).read_text())
@@ -192,8 +189,9 @@ def _finished_sft(request: pytest.FixtureRequest, name: str) -> tuple[Config, di
 
 @pytest.fixture(scope="session")
 def sft_run(request: pytest.FixtureRequest) -> tuple[Config, dict]:
-    """The demo's SFT through the CLI, once per session: the SFT tests check it, the GRPO learning test
-    starts from its checkpoint. Its config and sft_summary.json."""
+    """The demo's SFT settings through the CLI, once per session (in the background: one thread, length-cut
+    micro-batches): the SFT tests check it, the GRPO learning test starts from its checkpoint. Its config and
+    sft_summary.json."""
     return _finished_sft(request, "sft_run")
 
 

@@ -1,7 +1,9 @@
 """The product's proof: GRPO with the demo's settings, started from the demo's SFT checkpoint, raises the
 held-out IoU of the boxes and the AP@0.5 of its sampled answers (and keeps format, labels and total
-reward). Every part is real (vLLM engines, DeepSpeed learner, reward service, weight sync); the only change
-from `bash launch/demo.sh` is where outputs go."""
+reward). Every part is real (vLLM engines, DeepSpeed learner, reward service, weight sync). The GRPO stage is
+`bash launch/demo.sh`'s but for where outputs go; its SFT start is the suite's run of the demo's SFT settings
+(`sft_run` in tests/conftest.py: one thread and length-cut micro-batches, so not the demo's checkpoint bit for
+bit)."""
 
 from __future__ import annotations
 
