@@ -9,9 +9,10 @@ TensorBoard scalars, resumable checkpoints keyed by the run's config, and an ato
 checkpoint in `sft.output_dir` that transformers, vLLM and `rl.launch model.path=...` load as-is.
 docs/sft.md says why TRL and how the pieces fit.
 
-Multi-GPU: `sft.num_processes > 1` runs this module under torchrun on the node; DeepSpeed ZeRO (same
-config family as the GRPO learner) is on by default on accelerators. Multi-node: start `python -m rl.sft`
-under torchrun/srun on each node; the Trainer reads the usual torch.distributed environment.
+Multi-GPU: `sft.num_processes > 1` runs this module in that many processes on the node (torchrun's
+environment, the rendezvous on 127.0.0.1: `_launch_workers`); DeepSpeed ZeRO (same config family as the GRPO
+learner) is on by default on accelerators. Multi-node: start `python -m rl.sft` under torchrun/srun on each
+node; the Trainer reads the usual torch.distributed environment.
 """
 
 from __future__ import annotations
@@ -358,32 +359,88 @@ def continue_from_sft(cfg: Config) -> Config:
     return cfg.model_copy(update={"model": model})
 
 
-def _torchrun(cfg: Config) -> None:
-    """Run this module under torchrun with `sft.num_processes` processes, on the same resolved config."""
+def _sigterm_as_exit(signum: int, _frame: object) -> None:
+    sys.exit(128 + signum)
+
+
+def _launch_workers(cfg: Config) -> None:
+    """Run this module in `sft.num_processes` processes on this machine, on the same resolved config, in
+    torchrun's worker environment, and supervise them as torchrun does: one fails, the others are stopped.
+
+    Not torchrun itself: its rendezvous TCPStore listens on every interface whatever host it is given
+    (pytorch#173909), and a local run listens on loopback only (docs/security.md). So this process hosts
+    the store, on a socket it bound to 127.0.0.1 (`master_listen_fd`), and the workers join it as clients,
+    as torchrun's join its agent's store (TORCHELASTIC_USE_AGENT_STORE); their gloo listens on the loopback
+    interface (GLOO_SOCKET_IFNAME)."""
+    import signal
+    import socket
+    import threading
+    import time
+
+    from torch.distributed import TCPStore
+
+    from rl.cluster import loopback_interface
+
+    n = cfg.sft.num_processes
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    # The store owns the descriptor from here on (it closes it when it goes). It lives until the workers end.
+    store = TCPStore("127.0.0.1", port, n, is_master=True, wait_for_workers=False, master_listen_fd=listener.detach())
+    env = {**os.environ, **get_platform(cfg.cluster.platform).actor_env(),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
+           "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": str(True),
+           "TORCHELASTIC_RUN_ID": f"rl-sft-{os.getpid()}",  # is_torchelastic_launched(): the workers train
+           "GLOO_SOCKET_IFNAME": loopback_interface()}
+    if n > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: n processes of all-core threads thrash
     folder = Path(cfg.sft.state_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    config = folder / f"torchrun-{os.getpid()}.yaml"
+    config = folder / f"workers-{os.getpid()}.yaml"
     config.write_text(cfg.to_yaml(), encoding="utf-8")
-    env = {**os.environ, **get_platform(cfg.cluster.platform).actor_env()}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.sft.num_processes}",
-           "-m", "rl.sft", "--config", str(config)]
+    cmd = [sys.executable, "-m", "rl.sft", "--config", str(config)]
+    # SIGTERM (a scheduler, `kill`) would end this process alone and leave the workers training: make it
+    # unwind through the `finally` that stops them, as torchrun does. Signal handlers: main thread only.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_exit) if main_thread else None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
-        code = subprocess.run(cmd, env=env, check=False).returncode  # noqa: S603 (our own interpreter)
+        for rank in range(n):
+            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            workers.append(subprocess.Popen(cmd, env=rank_env))  # noqa: S603 (our own interpreter)
+        while True:
+            codes = [w.poll() for w in workers]
+            if any(codes) or None not in codes:  # one failed, or all are done
+                break
+            time.sleep(0.2)
+        failed = next(((rank, code) for rank, code in enumerate(codes) if code), None)
+        if failed:
+            raise RuntimeError(f"sft: rank {failed[0]} of {n} processes exited with code {failed[1]}")
     finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         config.unlink(missing_ok=True)
-    if code:
-        raise RuntimeError(f"sft: torchrun with {cfg.sft.num_processes} processes exited with code {code}")
+        del store
 
 
 def run_sft(cfg: Config) -> Config:
-    """The `sft` stage: train (in this process, or under torchrun for several or for DeepSpeed); return the
-    config of the stages after it."""
+    """The `sft` stage: train (in this process, or in worker processes for several or for DeepSpeed); return
+    the config of the stages after it."""
     from torch.distributed import is_torchelastic_launched
 
     platform = get_platform(cfg.cluster.platform)
     # DeepSpeed needs a launcher's environment even for one process (else it looks for MPI).
     if (cfg.sft.num_processes > 1 or uses_deepspeed(cfg, platform)) and not is_torchelastic_launched():
-        _torchrun(cfg)
+        _launch_workers(cfg)
     else:
         train_sft(cfg)
     return continue_from_sft(cfg)

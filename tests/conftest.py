@@ -121,8 +121,7 @@ def one_object_overrides(out: Path, model: Path) -> list[str]:
 # (config, sft_summary.json) -> its rl.sft overrides, in the order they run: first the demo's SFT, which the
 # GRPO learning test then starts from. The demo's settings, eval and logging intervals included (they change
 # the trajectory), in one process of one thread, each step's 32 rows cut by length (BACKGROUND_BATCHES: the
-# same gradient, 1.2x faster on one thread). Not two processes (torchrun): its rendezvous store listens on
-# every interface, which the loopback checks of tests/integration/test_trainer.py see.
+# same gradient, 1.2x faster on one thread).
 BACKGROUND_SFT: dict[str, Callable[[Path, Path], list[str]]] = {
     "sft_run": sft_overrides,
     "one_object_sft_run": one_object_overrides,

@@ -348,7 +348,7 @@ class SFTConfig(Section):
     # a micro-batch holds micro rows on average: short answers go together, long ones together.
     micro_batch_size: int = Field(default=32, ge=1)
     grad_accum_steps: int = Field(default=1, ge=1)
-    num_processes: int = Field(default=1, ge=1)  # > 1: torchrun this many processes on this node
+    num_processes: int = Field(default=1, ge=1)  # > 1: this many processes on this node (rl/sft.py)
     lr: float = Field(default=1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup; short runs learn faster constant
     warmup_steps: int = Field(default=10, ge=0)

@@ -1,6 +1,6 @@
 """SFT for real on the CPU: the tiny random Qwen3-VL learns the grounding format on synthetic data, the
 checkpoint loads in transformers and vLLM as-is, an interrupted run resumes exactly, and several
-processes train together (torchrun, gloo).
+processes train together (gloo, every socket on loopback).
 
 The learnability run is the demo's SFT (`sft_run` in tests/conftest.py); it runs once per session, in the
 background while the other tests run, and the GRPO learning test starts from its checkpoint."""
@@ -17,6 +17,7 @@ from rl.core.config import load_config
 from rl.sft import SUMMARY, continue_from_sft, main, run_dir
 from rl.sft_data import RUN_MARKER
 from tests.conftest import sft_overrides
+from tests.listeners import Listeners
 
 pytestmark = pytest.mark.slow
 
@@ -161,13 +162,16 @@ def test_rerunning_a_finished_run_trains_nothing(tmp_path, tiny_model_dir, synth
 
 
 def test_two_processes_train_together(tmp_path, tiny_model_dir, synthetic_dir, capfd):
-    """sft.num_processes=2: torchrun, one gloo group, the global batch split over both processes."""
+    """sft.num_processes=2: two worker processes, one gloo group, the global batch split over both; the
+    rendezvous store (in this process) and the workers' gloo listen on loopback only (not torchrun's `::`)."""
     overrides = _overrides(tmp_path, tiny_model_dir, synthetic_dir, num_steps=2, micro_batch_size=4,
                            num_processes=2, eval_every=0, grounding_eval_rows=4, eval_batch_size=2, warmup_steps=0)
-    assert main(overrides) == 0
+    with Listeners() as listeners:
+        assert main(overrides) == 0
+    assert listeners.seen and listeners.beyond_loopback() == [], listeners.seen
     summary = json.loads((tmp_path / "sft" / SUMMARY).read_text())
     assert summary["steps"] == 2 and set(summary["after"]) >= {"ap50", "mean_iou_matched", "image_reliance"}
-    assert "2 process(es)" in capfd.readouterr().out  # printed by rank 0, a torchrun child: fd-level capture
+    assert "2 process(es)" in capfd.readouterr().out  # printed by rank 0, a child process: fd-level capture
 
 
 def test_sft_trains_on_converted_coco_and_vlmr1_data(tmp_path, tiny_model_dir):

@@ -3,7 +3,6 @@ weight sync): under `ray job submit` against a real head, and resumed mid-run to
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import shlex
@@ -25,6 +24,7 @@ from safetensors.torch import load_file
 from rl import checkpoint
 from rl.core.config import load_config
 from tests.conftest import CACHE, REPO
+from tests.listeners import Listeners
 
 pytestmark = pytest.mark.slow
 
@@ -35,47 +35,6 @@ SMALL = ["pipeline=[grpo]", "grpo.prompts_per_step=2", "grpo.group_size=4", "lea
          f"data.path={CACHE / 'synthetic'}", "data.synthetic.num_train=64", "data.synthetic.num_val=8",
          "data.synthetic.num_test=8", "logging.image_every=2",
          "rewards.extra={tests.integration.extra_rewards:response_length: 1.0}"]
-
-
-class Listeners:
-    """Every listening TCP socket of this process and its descendants (the local Ray's GCS, raylet,
-    agents, workers and actors), sampled from a thread while a run goes: {(process name, address)}."""
-
-    def __init__(self, every_s: float = 1.0):  # servers live for the whole run: a slow poll sees them all
-        import threading
-
-        self.seen: set[tuple[str, str]] = set()
-        self._stop, self.every_s = threading.Event(), every_s
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            me = psutil.Process()
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    name = proc.name()
-                    self.seen |= {(name, c.laddr.ip) for c in proc.net_connections("inet") if c.status == "LISTEN"}
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    continue  # exited between the listing and the look
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> Listeners:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def beyond_loopback(self) -> list[tuple[str, str]]:
-        def loopback(ip: str) -> bool:
-            address = ipaddress.ip_address(ip)
-            mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
-            return (mapped or address).is_loopback
-
-        return sorted((name, ip) for name, ip in self.seen if not loopback(ip))
 
 
 def _free_port() -> int:
