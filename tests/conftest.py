@@ -100,8 +100,13 @@ def other_checkpoint(tiny_config) -> Path:
     return build_tiny_model(CACHE / "tiny-qwen3vl-seed1", tiny)
 
 
-# The demo's SFT (conf/default.yaml's sft section) on the demo's data: 2000 synthetic train rows, 64 val.
+# The suite's SFT start: conf/default.yaml's sft section on its synthetic generator (64 val rows), shortened to
+# fit CI's budget: 900 steps on 2,000 train images (the demo's recipe before 2026-12-07's: AP@0.5 ~0.3-0.4,
+# IoU ~0.42-0.44; the demo's 1,200 steps on 8,000 images take a third longer). test_learning's GRPO uses
+# the same data (SUITE_DATA).
 SFT_DEMO_DATA = CACHE / "synthetic-demo"
+SUITE_DATA = ["data.synthetic.num_train=2000"]
+SUITE_SFT_STEPS = 900
 
 
 def sft_overrides(out: Path, model: Path, data: Path = SFT_DEMO_DATA, **sft: object) -> list[str]:
@@ -113,20 +118,23 @@ def sft_overrides(out: Path, model: Path, data: Path = SFT_DEMO_DATA, **sft: obj
 
 def one_object_overrides(out: Path, model: Path) -> list[str]:
     """Issue 21's easy case: one object per image, the demo's SFT settings otherwise, 300 steps."""
-    return [*sft_overrides(out, model, CACHE / "synthetic-one-object", num_steps=300, eval_every=0),
+    return [*sft_overrides(out, model, CACHE / "synthetic-one-object", num_steps=300, eval_every=0), *SUITE_DATA,
             "data.synthetic.min_objects=1", "data.synthetic.max_objects=1"]
 
 
 # The SFT runs that train in the background (tests/background.py): the session fixture that returns each run's
-# (config, sft_summary.json) -> its rl.sft overrides, in the order they run: first the demo's SFT, which the
-# GRPO learning test then starts from. The demo's settings, eval and logging intervals included (they change
-# the trajectory), in one process of one thread, each step's 32 rows cut by length (BACKGROUND_BATCHES: the
-# same gradient, 1.2x faster on one thread).
+# (config, sft_summary.json) -> its rl.sft overrides, in the order they run: first the suite's SFT start, which
+# the GRPO learning test then starts from. The demo's settings, eval and logging intervals included (they
+# change the trajectory), in one process of one thread.
+def suite_sft_overrides(out: Path, model: Path) -> list[str]:
+    """The demo's SFT settings, with the suite's data and steps (SUITE_DATA, SUITE_SFT_STEPS)."""
+    return [*sft_overrides(out, model, num_steps=SUITE_SFT_STEPS), *SUITE_DATA]
+
+
 BACKGROUND_SFT: dict[str, Callable[[Path, Path], list[str]]] = {
-    "sft_run": sft_overrides,
+    "sft_run": suite_sft_overrides,
     "one_object_sft_run": one_object_overrides,
 }
-BACKGROUND_BATCHES = ["sft.sampling=batch_rebalance", "sft.micro_batch_size=16", "sft.grad_accum_steps=2"]
 BACKGROUND_TIMEOUT_S = 3600  # the demo SFT, sharing the cores with the rest of the suite
 _QUEUE = pytest.StashKey[BackgroundQueue]()
 
@@ -149,7 +157,7 @@ def _runs(names: list[str]) -> dict[str, BackgroundRun]:
 
     model = Path(ensure_model(suite_config().model))
     folders = {name: CACHE / "background" / f"{name}-{os.getpid()}" for name in names}
-    return {name: BackgroundRun("rl.sft", [*BACKGROUND_SFT[name](folders[name], model), *BACKGROUND_BATCHES],
+    return {name: BackgroundRun("rl.sft", BACKGROUND_SFT[name](folders[name], model),
                                 folders[name]) for name in names}
 
 

@@ -123,7 +123,7 @@ class ModelConfig(Section):
 
 
 class SyntheticDataConfig(Section):
-    num_train: int = Field(default=2000, ge=0)
+    num_train: int = Field(default=8000, ge=0)
     num_val: int = Field(default=64, ge=0)
     num_test: int = Field(default=64, ge=0)
     image_size: int = Field(default=128, ge=32)
@@ -196,7 +196,7 @@ class RolloutConfig(Section):
 
 
 class GRPOConfig(Section):
-    num_steps: int = Field(default=30, ge=0)
+    num_steps: int = Field(default=60, ge=0)
     prompts_per_step: int = Field(default=8, ge=1)
     group_size: int = Field(default=8, ge=2)  # G samples per prompt; advantages need >= 2
     clip_low: float = Field(default=0.2, ge=0)
@@ -343,11 +343,11 @@ class SFTConfig(Section):
     output_dir: str = "checkpoints/sft"  # final HF checkpoint, published by rename when training ends
     state_dir: str = "checkpoints/sft-steps"  # resumable checkpoint-N folders (weights + optimizer + state)
     resume: str = "auto"  # auto (newest matching checkpoint in state_dir) | never | path to a checkpoint
-    num_steps: int = Field(default=900, ge=1)  # optimizer steps
+    num_steps: int = Field(default=1200, ge=1)  # optimizer steps
     # Rows per optimizer step = micro x accumulation x processes (32 in the demo). With sampling=batch_rebalance
     # a micro-batch holds micro rows on average: short answers go together, long ones together.
-    micro_batch_size: int = Field(default=32, ge=1)
-    grad_accum_steps: int = Field(default=1, ge=1)
+    micro_batch_size: int = Field(default=16, ge=1)
+    grad_accum_steps: int = Field(default=2, ge=1)
     num_processes: int = Field(default=1, ge=1)  # > 1: this many processes on this node (rl/sft.py)
     lr: float = Field(default=1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warmup; short runs learn faster constant
@@ -365,7 +365,7 @@ class SFTConfig(Section):
     # random batch, less padding. group_by_length: batches of similar prompt+image length across the epoch
     # (images of many sizes; grouping by answer length instead would give steps of one answer shape, whose
     # gradient stops depending on the image). random: batches as drawn.
-    sampling: Literal["batch_rebalance", "group_by_length", "random"] = "group_by_length"
+    sampling: Literal["batch_rebalance", "group_by_length", "random"] = "batch_rebalance"
     eval_every: int = Field(default=50, ge=0)  # val loss every N steps; 0: only at the end
     grounding_eval_rows: int = Field(default=64, ge=0)  # data.val_split rows answered greedily before/after; 0: off
     eval_batch_size: int = Field(default=32, ge=1)
