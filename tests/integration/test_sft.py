@@ -2,8 +2,9 @@
 checkpoint loads in transformers and vLLM as-is, an interrupted run resumes exactly, and several
 processes train together (gloo, every socket on loopback).
 
-The learnability run is the demo's SFT (`sft_run` in tests/conftest.py); it runs once per session, in the
-background while the other tests run, and the GRPO learning test starts from its checkpoint."""
+The learnability run is the suite's SFT start (`sft_run` in tests/conftest.py: the demo's settings, 900 steps on
+2,000 images); it runs once per session, in the background while the other tests run, and the GRPO learning
+test starts from its checkpoint."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_sft_teaches_the_grounding_format(sft_run):
     assert summary["steps"] == cfg.sft.num_steps and summary["val_rows"] == 64
     assert after["format_valid"] >= 0.9 and after["label_accuracy"] >= 0.9  # the format and the labels
     # The model looks: a wrong image costs the coordinate digits >= 0.3 nats each (measured 0.826 after the
-    # demo's 900 steps; -0.015 at random init, 0.002 for the blind checkpoints of issue 21), and the boxes beat
+    # suite's 900 steps; -0.015 at random init, 0.002 for the blind checkpoints of issue 21), and the boxes beat
     # the mean box (IoU 0.062) by far: measured IoU 0.428, AP@0.5 0.400. The margins leave room for a CPU
     # class on which position reading starts ~150 steps later (docs/sft.md: IoU 0.35 at 750 steps).
     assert after["image_reliance"] >= 0.3, (before["image_reliance"], after["image_reliance"])
