@@ -103,34 +103,34 @@ def other_checkpoint(tiny_config) -> Path:
 # The suite's SFT start: conf/default.yaml's sft section on its synthetic generator (64 val rows), shortened to
 # fit CI's budget: 900 steps on 2,000 train images (the demo's recipe before 2026-12-07's: AP@0.5 ~0.3-0.4,
 # IoU ~0.42-0.44; the demo's 1,200 steps on 8,000 images take a third longer). test_learning's GRPO uses
-# the same data (SUITE_DATA).
-SFT_DEMO_DATA = CACHE / "synthetic-demo"
-SUITE_DATA = ["data.synthetic.num_train=2000"]
+# the same data (SUITE_DATA_OVERRIDES).
+SUITE_SFT_DATA = CACHE / "synthetic-suite"
+SUITE_DATA_OVERRIDES = ["data.synthetic.num_train=2000"]
 SUITE_SFT_STEPS = 900
 
 
-def sft_overrides(out: Path, model: Path, data: Path = SFT_DEMO_DATA, **sft: object) -> list[str]:
+def sft_overrides(out: Path, model: Path, data: Path = SUITE_SFT_DATA, **sft: object) -> list[str]:
     """rl.sft / rl.launch overrides that keep every output of a run under `out`."""
     base = {"output_dir": out / "sft", "state_dir": out / "steps", **sft}
     return [f"model.path={model}", f"data.path={data}", f"logging.dir={out / 'runs'}",
             f"checkpoint.dir={out / 'ckpt'}", *(f"sft.{k}={v}" for k, v in base.items())]
 
 
+def suite_sft_overrides(out: Path, model: Path) -> list[str]:
+    """The demo's SFT settings, with the suite's data and steps (SUITE_DATA_OVERRIDES, SUITE_SFT_STEPS)."""
+    return [*sft_overrides(out, model, num_steps=SUITE_SFT_STEPS), *SUITE_DATA_OVERRIDES]
+
+
 def one_object_overrides(out: Path, model: Path) -> list[str]:
     """Issue 21's easy case: one object per image, the demo's SFT settings otherwise, 300 steps."""
-    return [*sft_overrides(out, model, CACHE / "synthetic-one-object", num_steps=300, eval_every=0), *SUITE_DATA,
-            "data.synthetic.min_objects=1", "data.synthetic.max_objects=1"]
+    return [*sft_overrides(out, model, CACHE / "synthetic-one-object", num_steps=300, eval_every=0),
+            *SUITE_DATA_OVERRIDES, "data.synthetic.min_objects=1", "data.synthetic.max_objects=1"]
 
 
 # The SFT runs that train in the background (tests/background.py): the session fixture that returns each run's
 # (config, sft_summary.json) -> its rl.sft overrides, in the order they run: first the suite's SFT start, which
 # the GRPO learning test then starts from. The demo's settings, eval and logging intervals included (they
 # change the trajectory), in one process of one thread.
-def suite_sft_overrides(out: Path, model: Path) -> list[str]:
-    """The demo's SFT settings, with the suite's data and steps (SUITE_DATA, SUITE_SFT_STEPS)."""
-    return [*sft_overrides(out, model, num_steps=SUITE_SFT_STEPS), *SUITE_DATA]
-
-
 BACKGROUND_SFT: dict[str, Callable[[Path, Path], list[str]]] = {
     "sft_run": suite_sft_overrides,
     "one_object_sft_run": one_object_overrides,
@@ -196,8 +196,8 @@ def _finished_sft(request: pytest.FixtureRequest, name: str) -> tuple[Config, di
 
 @pytest.fixture(scope="session")
 def sft_run(request: pytest.FixtureRequest) -> tuple[Config, dict]:
-    """The demo's SFT settings through the CLI, once per session (in the background: one thread, length-cut
-    micro-batches): the SFT tests check it, the GRPO learning test starts from its checkpoint. Its config and
+    """The suite's SFT start (`suite_sft_overrides`) through the CLI, once per session, in the background on one
+    thread: the SFT tests check it, the GRPO learning test starts from its checkpoint. Its config and
     sft_summary.json."""
     return _finished_sft(request, "sft_run")
 

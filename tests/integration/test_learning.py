@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from rl.core.config import load_config
-from tests.conftest import SUITE_DATA
+from tests.conftest import SUITE_DATA_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,8 @@ def test_grpo_raises_held_out_iou(sft_run, ray_cluster, tmp_path):
 
     sft_cfg, _ = sft_run
     cfg = load_config(overrides=[
-        "pipeline=[grpo]", f"model.path={sft_cfg.sft.output_dir}", f"data.path={sft_cfg.data.path}", *SUITE_DATA,
-        f"grpo.num_steps={SUITE_GRPO_STEPS}",
+        "pipeline=[grpo]", f"model.path={sft_cfg.sft.output_dir}", f"data.path={sft_cfg.data.path}",
+        *SUITE_DATA_OVERRIDES, f"grpo.num_steps={SUITE_GRPO_STEPS}",
         f"checkpoint.dir={tmp_path / 'ckpt'}", f"logging.dir={tmp_path / 'runs'}", "logging.image_every=0"])
     trainer = GRPOTrainer(cfg)
     try:
