@@ -94,12 +94,15 @@ class BackgroundRun:
 
 
 class BackgroundQueue:
-    """Runs started one after another on a daemon thread, each when the previous one has ended."""
+    """Runs started one after another on a daemon thread, each when the previous one has ended, or all at once
+    from the moment the foreground waits for one (`foreground_waits`): then no test runs, each run has a core of
+    its own, and the suite's tail is the longest remaining run rather than their sum."""
 
     def __init__(self, runs: dict[str, BackgroundRun], repo: Path) -> None:
         self.runs = runs  # by name, in the order they run
         self._lock = threading.Lock()  # a run is started, or the queue stopped, never both at once
         self._stopped = False
+        self._foreground_waits = threading.Event()
         self._thread = threading.Thread(target=self._run_all, args=(repo,), name="background-runs", daemon=True)
         self._thread.start()
 
@@ -110,7 +113,12 @@ class BackgroundQueue:
                     return
                 run.start(repo)
             assert run.process is not None
-            run.process.wait()
+            while run.process.poll() is None and not self._foreground_waits.wait(timeout=1.0):
+                pass
+
+    def foreground_waits(self) -> None:
+        """The tests left all need a background run: start the queued runs now, beside the running one."""
+        self._foreground_waits.set()
 
     @contextmanager
     def paused(self) -> Iterator[None]:

@@ -188,7 +188,9 @@ def _background_paused_for_slurm(request: pytest.FixtureRequest) -> Iterator[Non
 def _finished_sft(request: pytest.FixtureRequest, name: str) -> tuple[Config, dict]:
     from rl.sft import SUMMARY
 
-    run = request.config.stash[_QUEUE].runs[name]  # queued by pytest_collection_finish
+    queue = request.config.stash[_QUEUE]  # queued by pytest_collection_finish
+    queue.foreground_waits()  # the tests needing background runs come last (_place)
+    run = queue.runs[name]
     run.wait(BACKGROUND_TIMEOUT_S)
     cfg = load_config(overrides=run.args)
     return cfg, json.loads((Path(cfg.sft.output_dir) / SUMMARY).read_text())
