@@ -90,14 +90,21 @@ def loopback_interface() -> str:
     raise RuntimeError("no network interface holds 127.0.0.1: a local run has no loopback to listen on")
 
 
+def loopback_collectives_env() -> dict[str, str]:
+    """What keeps a local run's collectives on this machine: gloo and NCCL/RCCL (their bootstrap and socket
+    transport; GPUs of one node exchange data over P2P/shared memory anyway) on the loopback interface."""
+    interface = loopback_interface()
+    return {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface}
+
+
 def start_local(num_cpus: int, env: dict[str, str] | None = None) -> None:
     """A Ray of this machine alone, every server of it and of the run on loopback: Ray's GCS, raylet,
     agents and workers (node address 127.0.0.1, no dashboard), the run's stores ("auto" resolves to the node
-    address) and gloo (GLOO_SOCKET_IFNAME: the loopback interface). `env` reaches every actor."""
+    address) and the collectives (`loopback_collectives_env`). `env` reaches every actor."""
     import ray
     from ray._private import ray_constants
 
-    loopback = {RAY_LOOPBACK_ENV: "0", "GLOO_SOCKET_IFNAME": loopback_interface()}
+    loopback = {RAY_LOOPBACK_ENV: "0", **loopback_collectives_env()}
     os.environ.update(loopback)  # inherited by the processes Ray starts; gloo in this process
     ray_constants.ENABLE_RAY_CLUSTER = False  # the same, in case ray was imported before the variable was set
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",

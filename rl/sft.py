@@ -370,8 +370,8 @@ def _launch_workers(cfg: Config) -> None:
     Not torchrun itself: its rendezvous TCPStore listens on every interface whatever host it is given
     (pytorch#173909), and a local run listens on loopback only (docs/security.md). So this process hosts
     the store, on a socket it bound to 127.0.0.1 (`master_listen_fd`), and the workers join it as clients,
-    as torchrun's join its agent's store (TORCHELASTIC_USE_AGENT_STORE); their gloo listens on the loopback
-    interface (GLOO_SOCKET_IFNAME)."""
+    as torchrun's join its agent's store (TORCHELASTIC_USE_AGENT_STORE); their gloo and NCCL listen on the
+    loopback interface (`loopback_collectives_env`)."""
     import signal
     import socket
     import threading
@@ -379,7 +379,7 @@ def _launch_workers(cfg: Config) -> None:
 
     from torch.distributed import TCPStore
 
-    from rl.cluster import loopback_interface
+    from rl.cluster import loopback_collectives_env
 
     n = cfg.sft.num_processes
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -391,7 +391,7 @@ def _launch_workers(cfg: Config) -> None:
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
            "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": str(True),
            "TORCHELASTIC_RUN_ID": f"rl-sft-{os.getpid()}",  # is_torchelastic_launched(): the workers train
-           "GLOO_SOCKET_IFNAME": loopback_interface()}
+           **loopback_collectives_env()}
     if n > 1:
         env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: n processes of all-core threads thrash
     folder = Path(cfg.sft.state_dir)

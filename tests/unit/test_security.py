@@ -84,3 +84,16 @@ def test_a_store_listens_on_its_host_only() -> None:
     assert [(a.ip, a.port) for a in mine] == [("127.0.0.1", store.port)]
     store.set("key", "value")
     assert store.get("key") == b"value"
+
+
+def test_local_collectives_use_the_loopback_interface() -> None:
+    # What rl.cluster.start_local gives every actor and rl.sft gives its worker processes: gloo and NCCL
+    # (RCCL reads the same name) bind to the interface of 127.0.0.1, not to whatever interface they find first.
+    import psutil
+
+    from rl.cluster import loopback_collectives_env
+
+    env = loopback_collectives_env()
+    assert set(env) == {"GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"}
+    for interface in env.values():
+        assert "127.0.0.1" in [a.address for a in psutil.net_if_addrs()[interface]]
