@@ -2,8 +2,8 @@
 
 Most slow tests wait (Ray and vLLM start-up, the fault drills' deadlines) and leave a core idle, while an SFT
 run is CPU-bound for many minutes. tests/conftest.py queues the runs a session needs when collection ends
-(one after another, each as soon as the previous one ends) and orders the tests that need them last, so the
-runs train on what the other tests leave.
+(one after another, each as soon as the previous one ends, and all at once from the moment a test waits for
+one) and orders the tests that need them last, so the runs train on what the other tests leave.
 
 A run's processes get the idle scheduling class (SCHED_IDLE: the CPU only when nothing else wants it), so the
 tests in front keep their speed, Ray's workers included (Ray runs them at nice 15, below any merely niced
