@@ -105,7 +105,7 @@ def start_local(num_cpus: int, env: dict[str, str] | None = None) -> None:
     from ray._private import ray_constants
 
     loopback = {RAY_LOOPBACK_ENV: "0", **loopback_collectives_env()}
-    os.environ.update(loopback)  # inherited by the processes Ray starts; gloo in this process
+    os.environ.update(loopback)  # inherited by the processes Ray starts; the collectives in this one
     ray_constants.ENABLE_RAY_CLUSTER = False  # the same, in case ray was imported before the variable was set
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **loopback, **(env or {})}})
